@@ -31,3 +31,7 @@ class MissingDependencyError(RaiiafError):
 
 class WriteError(RaiiafError):
     """A file could not be written; nothing partial is left under the final name."""
+
+
+class TargetExistsError(WriteError):
+    """An exclusive write found a file already under the final name."""
