@@ -35,3 +35,7 @@ class WriteError(RaiiafError):
 
 class TargetExistsError(WriteError):
     """An exclusive write found a file already under the final name."""
+
+
+class ReadError(RaiiafError):
+    """A file could not be read at all (missing, unreadable); the message names it."""

@@ -1,0 +1,36 @@
+"""raiiaf: one reproducible file per generated image (image, initial noise, settings, environment).
+
+    import raiiaf_core as rc
+    rc.write("out.raiiaf", image=png_bytes, tensors={"noise": noise}, metadata={"seed": 42})
+    art = rc.open("out.raiiaf"); art.metadata; art.load_tensor("noise", framework="torch")
+"""
+
+from .drift import Difference, DriftReport, drift
+from .environment import capture_environment
+from .errors import (
+    CorruptFileError,
+    LimitExceededError,
+    MetadataError,
+    MissingDependencyError,
+    RaiiafError,
+    ReadError,
+    TargetExistsError,
+    TensorError,
+    UnsupportedVersionError,
+    WriteError,
+)
+from .layout import Limits
+from .reader import Artifact, verify
+from .reader import open_artifact as open  # noqa: A001 - the library's entry point, like PIL.Image.open
+from .tensors import TensorInfo, tensor_sha256
+from .writer import write
+
+__version__ = "2.0.0"
+FORMAT_VERSION = (2, 0)
+
+__all__ = [
+    "Artifact", "CorruptFileError", "Difference", "DriftReport", "LimitExceededError", "Limits", "MetadataError",
+    "MissingDependencyError", "RaiiafError", "ReadError", "TargetExistsError", "TensorError", "TensorInfo",
+    "UnsupportedVersionError", "WriteError", "capture_environment", "drift", "open", "tensor_sha256", "verify",
+    "write", "FORMAT_VERSION",
+]

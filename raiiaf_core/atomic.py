@@ -1,0 +1,116 @@
+"""Atomic file replacement: a temporary file in the target folder, fsync, then rename (or link when exclusive)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+
+from .errors import TargetExistsError, WriteError
+
+log = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".raiiaf-tmp"
+# A temporary file whose writer is gone, or that is this old, is debris from a crash.
+STALE_AFTER_S = 24 * 3600
+
+
+def temp_path_for(path: Path) -> Path:
+    # The writer's pid is in the name so a later save can tell a crashed writer's debris from a live one.
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
+def write_atomic(path, parts, *, exclusive: bool = False) -> Path:
+    """Write the byte strings `parts` to `path` so that readers see the old file or the whole new one."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise WriteError(f"{path}: folder {folder} does not exist")
+    tmp = temp_path_for(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with os.fdopen(fd, "wb") as f:
+            for part in parts:
+                f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
+        if exclusive:
+            # link() fails if the name exists, so two writers can never replace each other's file.
+            os.link(tmp, path)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+        _fsync_folder(folder)
+    except BaseException as exc:
+        _remove_quietly(tmp)
+        if isinstance(exc, FileExistsError) and exclusive:
+            raise TargetExistsError(f"{path}: a file already exists under this name") from None
+        if isinstance(exc, OSError):
+            raise WriteError(f"{path}: write failed, nothing was changed ({exc.strerror or exc})") from exc
+        raise
+    clean_stale_temporaries(folder)
+    return path
+
+
+def clean_stale_temporaries(folder: Path) -> int:
+    """Remove temporaries left by crashed writers in `folder`; returns how many were removed."""
+    removed = 0
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX)):
+            continue
+        pid = _pid_from_name(entry.name)
+        try:
+            stale = pid is None or not _alive(pid) or now - entry.stat().st_mtime > STALE_AFTER_S
+        except OSError:
+            continue
+        if stale and _remove_quietly(Path(entry.path)):
+            removed += 1
+            log.info("removed a temporary file left by an interrupted save: %s", entry.path)
+    return removed
+
+
+def _pid_from_name(name: str):
+    stem = name[: -len(TEMP_SUFFIX)]
+    pid, _, _ = stem.rpartition(".")[2].partition("-")
+    return int(pid) if pid.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _remove_quietly(path: Path) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+
+
+def _fsync_folder(folder: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform, and not needed for atomicity.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,76 @@
+"""Assemble a v2 file from an image, tensors, metadata and environment, and write it atomically."""
+
+from __future__ import annotations
+
+import hashlib
+
+from . import images, layout, schema, tensors
+from .atomic import write_atomic
+from .environment import capture_environment
+from .errors import RaiiafError, TensorError
+
+# JSON chunks above this size are zstd-compressed (ComfyUI workflows run to hundreds of KiB).
+COMPRESS_JSON_ABOVE = 4096
+ZSTD_LEVEL = 9
+
+
+def write(path, *, image=None, tensors=None, metadata=None, environment=None, exclusive: bool = False):
+    """Write one .raiiaf file atomically and return its path. The same inputs always give the same bytes."""
+    tensors = dict(tensors or {})
+    try:
+        metadata = schema.validate(metadata, set(tensors))
+        environment = schema.to_json_value(capture_environment() if environment is None else environment,
+                                           "environment")
+        image_bytes = images.to_image_bytes(image) if image is not None else None
+        parts = build(image_bytes, tensors, metadata, environment)
+    except RaiiafError as exc:
+        raise type(exc)(f"{path}: {exc}") from None
+    return write_atomic(path, parts, exclusive=exclusive)
+
+
+def build(image_bytes, tensor_map, metadata: dict, environment: dict) -> list:
+    """The file as a list of byte strings (header, index, payloads), ready to be written in order."""
+    pending = [
+        ("metadata", "", *_json_payload(metadata), {}),
+        ("environment", "", *_json_payload(environment), {}),
+    ]
+    for name, value in tensor_map.items():
+        payload, info = tensors.encode(name, value)
+        pending.append(("tensor", name, payload, "none", len(payload), {"dtype": info.dtype, "shape": list(info.shape)}))
+    if image_bytes is not None:
+        fmt = images.sniff_format(image_bytes)
+        info = {"format": fmt, "media_type": images.MEDIA_TYPES[fmt]}
+        size = images.image_size(image_bytes, fmt)
+        if size is not None:
+            info.update(width=size[0], height=size[1])
+        pending.append(("image", "", image_bytes, "none", len(image_bytes), info))
+    if len({(kind, name) for kind, name, *_ in pending}) != len(pending):
+        raise TensorError("duplicate tensor names")
+
+    # Offsets depend on the index length and the index holds the offsets: iterate to the fixed point
+    # (the length only grows with the digits of the offsets, so this settles in two or three rounds).
+    index_length = 0
+    while True:
+        offset = layout.HEADER_SIZE + index_length
+        entries = []
+        for kind, name, payload, codec, size, info in pending:
+            entries.append(layout.ChunkEntry(kind, name, offset, len(payload), hashlib.sha256(payload).hexdigest(),
+                                             codec, size, info))
+            offset += len(payload)
+        index = layout.encode_index(entries)
+        if len(index) == index_length:
+            break
+        index_length = len(index)
+    header = layout.pack_header(layout.HEADER_SIZE, len(index), offset, hashlib.sha256(index).digest())
+    return [header, index, *(payload for _, _, payload, *_ in pending)]
+
+
+def _json_payload(value) -> tuple:
+    raw = layout.canonical_json(value)
+    if len(raw) > COMPRESS_JSON_ABOVE:
+        import zstandard
+
+        packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
+        if len(packed) < len(raw):
+            return packed, "zstd", len(raw)
+    return raw, "none", len(raw)
