@@ -23,7 +23,8 @@ from .layout import Limits
 from .reader import Artifact, verify
 from .reader import open_artifact as open  # noqa: A001 - the library's entry point, like PIL.Image.open
 from .tensors import TensorInfo, tensor_sha256
-from .writer import write
+from .naming import resolve_prefix
+from .writer import write, write_numbered
 
 __version__ = "2.0.0"
 FORMAT_VERSION = (2, 0)
@@ -32,5 +33,5 @@ __all__ = [
     "Artifact", "CorruptFileError", "Difference", "DriftReport", "LimitExceededError", "Limits", "MetadataError",
     "MissingDependencyError", "RaiiafError", "ReadError", "TargetExistsError", "TensorError", "TensorInfo",
     "UnsupportedVersionError", "WriteError", "capture_environment", "drift", "open", "tensor_sha256", "verify",
-    "write", "FORMAT_VERSION",
+    "write", "write_numbered", "resolve_prefix", "FORMAT_VERSION",
 ]

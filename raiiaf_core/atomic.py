@@ -25,7 +25,42 @@ def temp_path_for(path: Path) -> Path:
 def write_atomic(path, parts, *, exclusive: bool = False) -> Path:
     """Write the byte strings `parts` to `path` so that readers see the old file or the whole new one."""
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    if exclusive:
+        return write_new(path.parent, [path.name], parts)
+
+    def replace(tmp: Path) -> Path:
+        os.replace(tmp, path)
+        return path
+
+    return _write(path, parts, replace)
+
+
+def write_new(folder, names, parts) -> Path:
+    """Write `parts` once, then give the file the first name from `names` that is free, atomically.
+
+    link() fails when the name exists, so concurrent writers (threads or processes) never replace each
+    other's files; a taken name just moves on to the next one.
+    """
+    folder = Path(folder)
+
+    def link_first_free(tmp: Path) -> Path:
+        target = folder
+        for name in names:
+            target = folder / name
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                continue
+            os.unlink(tmp)
+            return target
+        raise TargetExistsError(f"{target}: a file already exists under this name")
+
+    return _write(folder / "new", parts, link_first_free)
+
+
+def _write(path: Path, parts, commit) -> Path:
+    """Write `parts` to a fresh temporary beside `path`, fsync it, then let `commit` give it its final name."""
+    folder = path.parent
     if not folder.is_dir():
         raise WriteError(f"{path}: folder {folder} does not exist")
     tmp = temp_path_for(path)
@@ -36,22 +71,15 @@ def write_atomic(path, parts, *, exclusive: bool = False) -> Path:
                 f.write(part)
             f.flush()
             os.fsync(f.fileno())
-        if exclusive:
-            # link() fails if the name exists, so two writers can never replace each other's file.
-            os.link(tmp, path)
-            os.unlink(tmp)
-        else:
-            os.replace(tmp, path)
+        final = commit(tmp)
         _fsync_folder(folder)
     except BaseException as exc:
         _remove_quietly(tmp)
-        if isinstance(exc, FileExistsError) and exclusive:
-            raise TargetExistsError(f"{path}: a file already exists under this name") from None
         if isinstance(exc, OSError):
             raise WriteError(f"{path}: write failed, nothing was changed ({exc.strerror or exc})") from exc
         raise
     clean_stale_temporaries(folder)
-    return path
+    return final
 
 
 def clean_stale_temporaries(folder: Path) -> int:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
-from . import images, layout, schema, tensors
-from .atomic import write_atomic
+from . import images, layout, naming, schema, tensors
+from .atomic import write_atomic, write_new
 from .environment import capture_environment
-from .errors import RaiiafError, TensorError
+from .errors import RaiiafError, TensorError, WriteError
 
 # JSON chunks above this size are zstd-compressed (ComfyUI workflows run to hundreds of KiB).
 COMPRESS_JSON_ABOVE = 4096
@@ -16,16 +16,35 @@ ZSTD_LEVEL = 9
 
 def write(path, *, image=None, tensors=None, metadata=None, environment=None, exclusive: bool = False):
     """Write one .raiiaf file atomically and return its path. The same inputs always give the same bytes."""
+    parts = _parts(path, image, tensors, metadata, environment)
+    return write_atomic(path, parts, exclusive=exclusive)
+
+
+def write_numbered(output_dir, prefix: str, *, image=None, tensors=None, metadata=None, environment=None):
+    """Write a new file named like ComfyUI's SaveImage names images ('sub/name' -> sub/name_00001_.raiiaf).
+
+    Never replaces a file, also when many threads and processes save with the same prefix at once; a
+    prefix leading outside output_dir is refused.
+    """
+    folder, name = naming.resolve_prefix(output_dir, prefix)
+    parts = _parts(folder / name, image, tensors, metadata, environment)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
+    return write_new(folder, naming.numbered_names(folder, name), parts)
+
+
+def _parts(path, image, tensors, metadata, environment) -> list:
     tensors = dict(tensors or {})
     try:
         metadata = schema.validate(metadata, set(tensors))
         environment = schema.to_json_value(capture_environment() if environment is None else environment,
                                            "environment")
         image_bytes = images.to_image_bytes(image) if image is not None else None
-        parts = build(image_bytes, tensors, metadata, environment)
+        return build(image_bytes, tensors, metadata, environment)
     except RaiiafError as exc:
         raise type(exc)(f"{path}: {exc}") from None
-    return write_atomic(path, parts, exclusive=exclusive)
 
 
 def build(image_bytes, tensor_map, metadata: dict, environment: dict) -> list:
