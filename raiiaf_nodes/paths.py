@@ -80,15 +80,14 @@ def _counter_of(entry: str, filename: str) -> int:
 
 def resolve_annotated(name: str, input_dir: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
     """The file behind a LoadImage-style name: "x.raiiaf" (input folder) or "sub/x.raiiaf [output]"."""
-    folder = input_dir
+    folder, label = input_dir, "input"
     if name.endswith(OUTPUT_SUFFIX):
-        name, folder = name[:-len(OUTPUT_SUFFIX)], output_dir
+        name, folder, label = name[:-len(OUTPUT_SUFFIX)], output_dir, "output"
     elif name.endswith(INPUT_SUFFIX):
         name = name[:-len(INPUT_SUFFIX)]
     path = os.path.join(os.path.abspath(folder), name)
     if not name or os.path.isabs(name) or not inside(folder, path):
-        raise UnsafePathError(f"file name {name!r} points outside the {'output' if folder is output_dir else 'input'} "
-                              "folder")
+        raise UnsafePathError(f"file name {name!r} points outside the {label} folder")
     return Path(path)
 
 
