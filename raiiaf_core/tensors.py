@@ -58,7 +58,7 @@ def encode(name: str, value) -> tuple[bytes, TensorInfo]:
 
             if not isinstance(value, np.ndarray):
                 raise TensorError(f"tensor '{name}': expected a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
-            payload = safetensors.numpy.save({name: np.ascontiguousarray(value)})
+            payload = safetensors.numpy.save({name: _c_contiguous(value)})
     except TensorError:
         raise
     except Exception as exc:  # safetensors rejects dtypes it cannot store; say which tensor
@@ -67,6 +67,11 @@ def encode(name: str, value) -> tuple[bytes, TensorInfo]:
     if len(info.shape) > MAX_RANK:
         raise TensorError(f"tensor '{name}' has rank {len(info.shape)}; at most {MAX_RANK} is supported")
     return payload, info
+
+
+def _c_contiguous(array):
+    # np.ascontiguousarray would turn a 0-d array into shape (1,); copying keeps the shape.
+    return array if array.flags.c_contiguous else array.copy(order="C")
 
 
 def parse_header(payload: bytes, name: str, where: str) -> TensorInfo:
@@ -132,7 +137,7 @@ def tensor_sha256(value) -> str:
     else:
         import numpy as np
 
-        array = np.ascontiguousarray(value)
+        array = _c_contiguous(np.asarray(value))
         dtype, shape, raw = array.dtype.name, array.shape, array.tobytes()
     digest = hashlib.sha256(f"{dtype}:{list(shape)}:".encode())
     digest.update(raw)

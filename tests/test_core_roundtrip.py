@@ -61,6 +61,14 @@ def test_torch_and_numpy_views_agree(tmp_path):
     assert rc.tensor_sha256(t) == rc.tensor_sha256(t.numpy()) == rc.tensor_sha256(art.load_tensor("noise", "torch"))
 
 
+@pytest.mark.parametrize("value", [np.array(3.5, np.float32), torch.tensor(3.5), np.arange(12.0)[::2]])
+def test_scalars_and_strided_arrays_keep_their_shape(tmp_path, value):
+    art = rc.open(rc.write(tmp_path / "s.raiiaf", tensors={"x": value}, environment=FIXED_ENV))
+    back = art.load_tensor("x")
+    assert back.shape == tuple(value.shape) and back.tobytes() == np.asarray(value).tobytes()
+    assert rc.tensor_sha256(back) == rc.tensor_sha256(value)
+
+
 def test_bfloat16_as_numpy_is_a_clear_error(tmp_path):
     art = rc.open(rc.write(tmp_path / "b.raiiaf", tensors={"x": torch.ones(3, dtype=torch.bfloat16)},
                            environment=FIXED_ENV))
