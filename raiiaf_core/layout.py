@@ -37,6 +37,7 @@ class Limits:
     max_json_bytes: int = 256 << 20
     max_json_depth: int = 200
     max_chunks: int = 100_000
+    max_v1_output: int = 1 << 30  # bytes a v1 file may decompress to, all chunks together
 
 
 DEFAULT_LIMITS = Limits()

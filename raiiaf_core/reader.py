@@ -63,7 +63,7 @@ class Artifact:
         self.name = self._source.name
         self.path = self._source.path
         first = self._source.read(0, min(layout.FIRST_READ, self._source.size))
-        if first[:6] == layout.MAGIC and len(first) > 6 and first[6] == 1:
+        if first[:6] == layout.MAGIC and len(first) > 6 and first[6] == 1:  # written by the raiiaf 1.x library
             self._open_v1()
             return
         header = layout.unpack_header(first, self.name)
@@ -79,7 +79,8 @@ class Artifact:
     def _open_v1(self) -> None:
         from . import v1
 
-        contents = v1.parse_v1(self._source.read(0, self._source.size), self.name)
+        contents = v1.parse_v1(self._source.read(0, self._source.size), self.name,
+                               max_output=self._limits.max_v1_output)
         self.version = contents.version
         self._first = b""
         self._payloads = {}

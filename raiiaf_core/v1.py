@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
+from . import images
 from .errors import CorruptFileError, LimitExceededError, MissingDependencyError
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class _Reader:
         if size > self.output_left:
             raise LimitExceededError(
                 f"{self.source}: {part}: needs {size} bytes of output, more than the "
-                f"{self.output_left} left under max_output"
+                f"{self.output_left} left under Limits.max_v1_output"
             )
         self.output_left -= size
 
@@ -158,7 +159,8 @@ class _Reader:
         return V1Contents(
             version=(major, minor),
             image=image,
-            image_format=_sniff_image(image) if image is not None else None,
+            # None also for formats other than PNG/WebP/JPEG: v1 took any image Pillow could open
+            image_format=images.sniff_format(image) if image is not None else None,
             tensors=tensors,
             metadata=_map_metadata(manifest),
             environment=environment or {},
@@ -289,10 +291,10 @@ class _Reader:
         self.spend(part, math.prod(shape) * dtype.itemsize + padded_size)
         try:
             import zfpy
-        except ImportError:
+        except Exception as exc:  # not installed (ImportError), or a build broken against numpy
             raise MissingDependencyError(
-                f"{self.source}: {part} is zfp-compressed; reading it needs the zfpy package "
-                "(pip install zfpy, or pip install 'raiiaf-plugins[v1-zfp]')"
+                f"{self.source}: {part} is zfp-compressed; reading it needs a working zfpy package "
+                f"(pip install zfpy, or pip install 'raiiaf-plugins[v1-zfp]'): {exc}"
             ) from None
         padded = bytes(stream) + bytes(max(0, padded_size - len(stream)))
         try:
@@ -321,16 +323,6 @@ class _Reader:
             raise self.fail(part, "manifest record has no sha256 hash")
         if hashlib.sha256(payload).hexdigest() != expected.lower():
             raise self.fail(part, "sha256 mismatch: the stored bytes are not the ones written")
-
-
-def _sniff_image(image: bytes) -> str | None:
-    if image.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if image[:4] == b"RIFF" and image[8:12] == b"WEBP":
-        return "webp"
-    if image.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    return None  # v1 accepted any image Pillow could open
 
 
 def _map_metadata(manifest: dict) -> dict:
