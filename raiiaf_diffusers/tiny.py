@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["build", "tiny_sd", "tiny_sdxl", "tiny_flux", "tiny_sd3", "clip_tokenizer", "t5_tokenizer", "KINDS"]
+__all__ = ["build", "scheduler", "SCHEDULERS", "tiny_sd", "tiny_sdxl", "tiny_flux", "tiny_sd3", "clip_tokenizer", "t5_tokenizer", "KINDS", "CALL_ARGS"]
 
 # Identity recorded as the model id in captured files; the replay side rebuilds the same pipeline
 # from the same name (see ``build``).
@@ -168,7 +168,8 @@ def tiny_sd():
         )
         text_encoder = _seeded(lambda: CLIPTextModel(_clip_text_config()))
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
         unet=unet,
@@ -353,3 +354,32 @@ def build(kind: str):
     except KeyError:
         raise ValueError(f"unknown tiny pipeline {kind!r}; choose one of {sorted(KINDS)}") from None
     return maker()
+
+
+# The samplers covered by the tests, as diffusers users name them; each is built from the
+# pipeline's current scheduler config, as users switch schedulers.
+SCHEDULERS = {
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
+    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
+    "dpmpp_sde": ("DPMSolverSDEScheduler", {}),  # needs torchsde; seeds its Brownian tree from the global RNG
+}
+
+
+def scheduler(name: str, config):
+    """A scheduler from SCHEDULERS, configured from ``config`` (e.g. ``pipe.scheduler.config``)."""
+    import diffusers
+
+    class_name, overrides = SCHEDULERS[name]
+    return getattr(diffusers, class_name).from_config(config, **overrides)
+
+
+# Call arguments that fit each tiny pipeline (its default sizes are needlessly large for it).
+CALL_ARGS = {
+    "sd": {"height": 64, "width": 64},
+    "sdxl": {"height": 64, "width": 64},
+    "flux": {"height": 16, "width": 16, "max_sequence_length": 16},
+    "sd3": {"height": 32, "width": 32, "max_sequence_length": 16},
+}
