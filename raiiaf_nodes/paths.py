@@ -1,15 +1,13 @@
-"""File names in ComfyUI's folders: SaveImage-style filename prefixes and LoadImage-style annotated names.
+"""File names in ComfyUI's folders: SaveImage-style prefix tokens and LoadImage-style annotated names.
 
-Both refuse anything that would land outside the folder it belongs to: a prefix such as `../x` or `/etc/x`
-must not let a shared workflow write elsewhere, and a picked file name must not read elsewhere.
+Numbering and the refusal of prefixes that leave the output folder are the core's (rc.write_numbered);
+here, a picked file name must not read outside the input or output folder either.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UnsafePathError
@@ -19,21 +17,10 @@ OUTPUT_SUFFIX = " [output]"
 INPUT_SUFFIX = " [input]"
 
 
-@dataclass(frozen=True)
-class SaveTarget:
-    """Where the next files of one save go: `folder/<filename>_<counter:05>_.raiiaf`, counter counting up."""
-
-    folder: Path
-    filename: str
-    counter: int
-    subfolder: str
-
-    def name_for(self, counter: int, batch_number: int) -> str:
-        return f"{self.filename.replace('%batch_num%', str(batch_number))}_{counter:05}_{EXTENSION}"
-
-
-def _expand_tokens(prefix: str, width: int, height: int, now: time.struct_time) -> str:
-    # The same tokens SaveImage expands server-side (the frontend expands %Node.widget% before sending).
+def expand_prefix(prefix: str, width: int = 0, height: int = 0, now: time.struct_time | None = None) -> str:
+    """Expand the tokens SaveImage expands server-side (%width%, %year%, ...; the frontend expands
+    %Node.widget% before sending). %batch_num% stays: it differs per image of a batch."""
+    now = now or time.localtime()
     values = {
         "%width%": str(width), "%height%": str(height),
         "%year%": str(now.tm_year), "%month%": f"{now.tm_mon:02}", "%day%": f"{now.tm_mday:02}",
@@ -47,35 +34,6 @@ def _expand_tokens(prefix: str, width: int, height: int, now: time.struct_time) 
 def inside(folder: str | os.PathLike, path: str | os.PathLike) -> bool:
     folder = os.path.abspath(folder)
     return os.path.commonpath((folder, os.path.abspath(path))) == folder
-
-
-def resolve_save_target(filename_prefix: str, output_dir: str | os.PathLike, width: int = 0, height: int = 0,
-                        now: time.struct_time | None = None) -> SaveTarget:
-    """Resolve a SaveImage-style prefix ("sub/dir/name", tokens like %date parts%) inside `output_dir`.
-
-    The counter continues after the highest `<name>_<digits>_` already in the folder, so a .raiiaf never
-    replaces an earlier one; the folder is created when missing.
-    """
-    output_dir = os.path.abspath(output_dir)
-    prefix = _expand_tokens(filename_prefix, width, height, now or time.localtime()) if "%" in filename_prefix \
-        else filename_prefix
-    normalized = os.path.normpath(prefix)
-    subfolder, filename = os.path.split(normalized)
-    folder = os.path.join(output_dir, subfolder)
-    if not filename or filename in (".", "..") or not inside(output_dir, folder):
-        raise UnsafePathError(f"filename prefix {filename_prefix!r} points outside the output folder {output_dir}; "
-                              "use a name or a relative sub/folder/name")
-    os.makedirs(folder, exist_ok=True)
-    counter = 1 + max((_counter_of(entry, filename) for entry in os.listdir(folder)), default=0)
-    return SaveTarget(Path(folder), filename, counter, subfolder.replace(os.sep, "/"))
-
-
-def _counter_of(entry: str, filename: str) -> int:
-    head = f"{filename}_"
-    if os.path.normcase(entry[:len(head)]) != os.path.normcase(head):
-        return 0
-    match = re.match(r"(\d+)_", entry[len(head):])
-    return int(match.group(1)) if match else 0
 
 
 def resolve_annotated(name: str, input_dir: str | os.PathLike, output_dir: str | os.PathLike) -> Path:

@@ -1,0 +1,261 @@
+"""The ComfyUI node classes: declarations for ComfyUI, and calls into the node logic.
+
+Importing this module does not import ComfyUI: each node imports `comfy_bridge` when ComfyUI calls it.
+With raiiaf installed by pip (no clone in custom_nodes/), a one-line custom node file makes ComfyUI load them:
+
+    # ComfyUI/custom_nodes/raiiaf.py
+    from raiiaf_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, WEB_DIRECTORY
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import raiiaf_core as rc
+
+from .capture import STORE, make_run
+from .errors import NodeInputError
+from .hashing import FileHashCache
+from .noise import StoredNoise
+from .paths import list_raiiaf_files, resolve_annotated
+from .replay import compare_output, drift_report, image_tensor, load_run, stored_latent
+from .save import SaveContext, save_images
+
+CATEGORY = "raiiaf"
+WEB_DIRECTORY = str(Path(__file__).resolve().with_name("web"))  # the frontend extension (upload, report)
+REPORT_KEY = "raiiaf_report"  # UI output key that web/raiiaf.js shows in the node
+MAX_RUNS = 64
+
+_FILE_TOOLTIP = ("A .raiiaf file from ComfyUI's input folder, or from the output folder (marked [output]). "
+                 "Use the upload button to add one from your computer.")
+_RUN_TOOLTIP = ("Which sampling run of the file to replay: 0 is the first one (the one that started from noise); "
+                "hires-fix and refiner passes come after it.")
+
+
+def _bridge():
+    """comfy_bridge, imported on first use: importing it imports ComfyUI, which only exists inside ComfyUI."""
+    from . import comfy_bridge
+    return comfy_bridge
+
+
+@functools.lru_cache(maxsize=1)
+def _model_hashes(cache_file: str) -> FileHashCache:
+    return FileHashCache(cache_file)
+
+
+# Content hashes of picked .raiiaf files, for IS_CHANGED; kept in memory only.
+_FILE_HASHES = FileHashCache()
+
+
+def _file_path(file: str):
+    bridge = _bridge()
+    return resolve_annotated(file, bridge.input_dir(), bridge.output_dir())
+
+
+def _file_input() -> tuple:
+    bridge = _bridge()
+    return (list_raiiaf_files(bridge.input_dir(), bridge.output_dir()), {"tooltip": _FILE_TOOLTIP})
+
+
+def _validate_file(file: str) -> bool | str:
+    try:
+        path = _file_path(file)
+    except NodeInputError as exc:
+        return str(exc)
+    return True if path.is_file() else f"no such .raiiaf file: {file}"
+
+
+class RaiiafCapture:
+    """MODEL -> MODEL: records what every sampler using this model really received."""
+
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Records every sampling run made with this model: the exact initial noise, seed, sigmas, "
+                   "sampler, cfg and latent shape. Put it on the MODEL line before your samplers; Raiiaf Save "
+                   "writes what it recorded into the .raiiaf file.")
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The same model; samplers that use it are recorded.",)
+    FUNCTION = "capture"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL", {"tooltip": "The model your samplers use."})}}
+
+    def capture(self, model):
+        return (_bridge().capture_model(model, lambda **run: STORE.add(make_run(**run))),)
+
+
+class RaiiafSave:
+    """IMAGE (+ LATENT) -> one .raiiaf per image in the output folder."""
+
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Saves each image as a .raiiaf file: the PNG plus the initial noise, sigmas, seed, sampler "
+                   "settings, prompts, model file hashes, workflow and environment, so the image can be "
+                   "regenerated bit for bit. Without Raiiaf Capture Sampling upstream, the noise is rebuilt "
+                   "from the sampler's seed and marked as reconstructed.")
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The images to save; each becomes one .raiiaf file."}),
+                "filename_prefix": ("STRING", {
+                    "default": "raiiaf/ComfyUI",
+                    "tooltip": "File name prefix, as in Save Image: may contain sub/folders and tokens such as "
+                               "%date:yyyy-MM-dd%; it must stay inside the output folder."}),
+            },
+            "optional": {
+                "latent": ("LATENT", {"tooltip": "The sampled latent (the sampler's output). Stored so a replay "
+                                                 "can be compared bit for bit; also gives the exact latent size "
+                                                 "when the noise has to be rebuilt."}),
+                "tags": ("STRING", {"default": "", "tooltip": "Comma-separated tags stored in the file."}),
+                "notes": ("STRING", {"default": "", "multiline": True, "tooltip": "Free notes stored in the file."}),
+            },
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"},
+        }
+
+    def save(self, images, filename_prefix, latent=None, tags="", notes="", prompt=None, extra_pnginfo=None,
+             unique_id=None):
+        bridge = _bridge()
+        prompt_id, _ = bridge.executing()
+        ctx = SaveContext(
+            output_dir=bridge.output_dir(), temp_dir=bridge.temp_dir(), prompt=prompt, extra_pnginfo=extra_pnginfo,
+            node_id=None if unique_id is None else str(unique_id), prompt_id=prompt_id,
+            metadata_enabled=bridge.metadata_enabled(), comfyui_version=bridge.comfyui_version(),
+            model_path=bridge.model_path,
+            hash_cache=_model_hashes(os.path.join(bridge.user_dir(), "raiiaf", "model_sha256.json")),
+            hash_progress=bridge.progress(unique_id))
+        saved = save_images(images, filename_prefix, ctx, latent=latent, tags=tags, notes=notes, store=STORE)
+        previews = [{"filename": s.preview[1], "subfolder": s.preview[0], "type": "temp"} for s in saved if s.preview]
+        files = [f"{s.subfolder}/{s.filename}" if s.subfolder else s.filename for s in saved]
+        return {"ui": {"images": previews, "raiiaf_files": files}}
+
+
+def _replay_inputs() -> dict:
+    return {
+        "file": _file_input(),
+        "run": ("INT", {"default": 0, "min": 0, "max": MAX_RUNS - 1, "tooltip": _RUN_TOOLTIP}),
+    }
+
+
+class RaiiafLoad:
+    """A .raiiaf file -> its stored noise, sigmas, sampler, latents, image and settings."""
+
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Loads a .raiiaf file and gives back what made its image: the exact noise (with its original "
+                   "seed), sigmas and sampler for Sampler Custom Advanced, the starting and sampled latents, the "
+                   "image, and the settings and prompts. Shows how this machine differs from the one that made it.")
+    RETURN_TYPES = ("NOISE", "SIGMAS", "SAMPLER", "LATENT", "LATENT", "IMAGE", "INT", "INT", "FLOAT", "STRING",
+                    "STRING", "STRING", "STRING")
+    RETURN_NAMES = ("noise", "sigmas", "sampler", "latent_in", "latent", "image", "seed", "steps", "cfg",
+                    "sampler_name", "scheduler", "positive", "negative")
+    OUTPUT_TOOLTIPS = (
+        "The stored initial noise, carrying the original seed (for Sampler Custom Advanced).",
+        "The stored sigmas, exactly as the sampler used them.",
+        "The stored sampler with its stored options.",
+        "The latent the run started from (an empty latent for text-to-image).",
+        "The sampled latent saved with the image (only if the save node had its latent connected).",
+        "The stored image.",
+        "The original seed.", "The number of steps.", "The cfg scale.", "The sampler name.", "The scheduler name.",
+        "The positive prompt text.", "The negative prompt text.",
+    )
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": _replay_inputs()}
+
+    @classmethod
+    def IS_CHANGED(cls, file, run):
+        return _FILE_HASHES.sha256(_file_path(file)), run
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, file):
+        return _validate_file(file)
+
+    def load(self, file, run):
+        bridge = _bridge()
+        art = rc.open(_file_path(file))
+        report = drift_report(art)
+        stored = load_run(art, run)
+        latent_in = {"samples": stored.latent_in}
+        if stored.denoise_mask is not None:
+            latent_in["noise_mask"] = stored.denoise_mask
+        sigmas = stored.sigmas if stored.sigmas is not None else bridge.blocked(
+            f"{file} holds no sigmas for run {run}: its noise was rebuilt without Raiiaf Capture Sampling; build "
+            f"the sigmas with a scheduler node ({stored.scheduler or 'the original scheduler'}, {stored.steps} steps)")
+        try:
+            sampler = bridge.make_sampler(stored.sampler, stored.sampler_options, stored.inpaint_options)
+        except NodeInputError as exc:
+            sampler = bridge.blocked(f"{file}, run {run}: {exc}")
+        latent = stored_latent(art) or bridge.blocked(
+            f"{file} holds no sampled latent: connect the sampler's LATENT to Raiiaf Save's latent input")
+        result = (StoredNoise(stored.noise, stored.seed), sigmas, sampler, latent_in, latent, image_tensor(art),
+                  stored.seed if stored.seed is not None else 0, stored.steps, stored.cfg, stored.sampler_name,
+                  stored.scheduler, stored.positive, stored.negative)
+        return {"ui": {REPORT_KEY: [report]}, "result": result}
+
+
+class RaiiafResample:
+    """MODEL + conditioning + a .raiiaf -> the run sampled again with the stored noise, sigmas, seed and sampler."""
+
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Samples one stored run again in a single node: the stored noise, sigmas, seed, sampler, "
+                   "sampler options, cfg and starting latent, with your model and conditioning. Reports whether "
+                   "the result is bit-identical to the stored one and how this machine differs from the original.")
+    RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = ("The resampled latent.",)
+    FUNCTION = "resample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The same model (checkpoint, LoRAs) the file was made with."}),
+            "positive": ("CONDITIONING", {"tooltip": "Conditioning from the stored positive prompt."}),
+            "negative": ("CONDITIONING", {"tooltip": "Conditioning from the stored negative prompt."}),
+            **_replay_inputs(),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, model, positive, negative, file, run):
+        return _FILE_HASHES.sha256(_file_path(file)), run
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, file):
+        return _validate_file(file)
+
+    def resample(self, model, positive, negative, file, run):
+        bridge = _bridge()
+        art = rc.open(_file_path(file))
+        report = drift_report(art)
+        stored = load_run(art, run)
+        if stored.sigmas is None:
+            raise NodeInputError(f"{file} holds no sigmas for run {run} (its noise was rebuilt without Raiiaf "
+                                 "Capture Sampling), so it cannot be resampled exactly; use Raiiaf Load Replay "
+                                 "with a scheduler node instead")
+        output = bridge.sample(model, positive, negative, noise=stored.noise.clone(), sigmas=stored.sigmas,
+                               seed=stored.seed, cfg=stored.cfg, latent_in=stored.latent_in,
+                               sampler=bridge.make_sampler(stored.sampler, stored.sampler_options,
+                                                           stored.inpaint_options),
+                               denoise_mask=stored.denoise_mask)
+        identical, verdict = compare_output(output, stored, art)
+        message = f"run {run}: {verdict}\n{report}"
+        return {"ui": {REPORT_KEY: [message], "raiiaf_identical": [identical]}, "result": ({"samples": output},)}
+
+
+NODE_CLASS_MAPPINGS = {
+    "RaiiafCapture": RaiiafCapture,
+    "RaiiafSave": RaiiafSave,
+    "RaiiafLoad": RaiiafLoad,
+    "RaiiafResample": RaiiafResample,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "RaiiafCapture": "Raiiaf Capture Sampling",
+    "RaiiafSave": "Raiiaf Save (.raiiaf)",
+    "RaiiafLoad": "Raiiaf Load Replay",
+    "RaiiafResample": "Raiiaf Resample (exact replay)",
+}
