@@ -103,7 +103,7 @@ def format_summary(info: dict) -> str:
     for i, t in enumerate(info["tensors"]):
         label = "tensors:" if i == 0 else ""
         lines.append(f"  {label:<12} {t['name']}  {t['dtype']} {tuple(t['shape'])}")
-    model = meta.get("model") or {}
+    model = _object(meta.get("model"))
     model_name = model.get("name") or model.get("id") or model.get("path")
     for label, value in (("model", model_name), ("prompt", meta.get("prompt")),
                          ("negative", meta.get("negative_prompt"))):
@@ -113,29 +113,36 @@ def format_summary(info: dict) -> str:
     if "width" in meta and "height" in meta:
         settings.append(f"size {meta['width']}x{meta['height']}")
     if "batch" in meta:
-        settings.append(f"batch {meta['batch'].get('index')}/{meta['batch'].get('size')}")
+        batch = _object(meta["batch"])
+        settings.append(f"batch {batch.get('index')}/{batch.get('size')}")
     if settings:
         lines.append(f"  {'settings:':<12} " + ", ".join(settings))
-    if meta.get("noise"):
-        lines.append(f"  {'noise:':<12} {meta['noise'].get('tensor')} ({meta['noise'].get('source')})")
-    if meta.get("tags"):
-        lines.append(f"  {'tags:':<12} " + ", ".join(meta["tags"]))
+    noise = _object(meta.get("noise"))
+    if noise:
+        lines.append(f"  {'noise:':<12} {noise.get('tensor')} ({noise.get('source')})")
+    if isinstance(meta.get("tags"), list) and meta["tags"]:
+        lines.append(f"  {'tags:':<12} " + ", ".join(map(str, meta["tags"])))
     lines.append(f"  {'environment:':<12} {environment_headline(env)}")
     return "\n".join(lines)
+
+
+def _object(value) -> dict:
+    # Files from other writers may break the schema (the reader does not enforce it): show what is readable.
+    return value if isinstance(value, dict) else {}
 
 
 def environment_headline(env: dict) -> str:
     if not env:
         return "not recorded"
     parts = []
-    torch = env.get("torch") or {}
+    torch = _object(env.get("torch"))
     if torch.get("version"):
         parts.append(f"torch {torch['version']} (CUDA {torch.get('cuda') or 'none'})")
-    gpus = env.get("gpu") or []
-    parts.append("GPU " + ", ".join(g.get("name", "?") for g in gpus) if gpus else "no GPU")
-    if env.get("python", {}).get("version"):
+    gpus = env.get("gpu") if isinstance(env.get("gpu"), list) else []
+    parts.append("GPU " + ", ".join(str(_object(g).get("name", "?")) for g in gpus) if gpus else "no GPU")
+    if _object(env.get("python")).get("version"):
         parts.append(f"Python {env['python']['version']}")
-    os_info = env.get("os") or {}
+    os_info = _object(env.get("os"))
     if os_info:
         parts.append(f"{os_info.get('system', '?')} {os_info.get('machine', '')}".strip())
     return ", ".join(parts)
@@ -184,7 +191,10 @@ def cmd_extract(args) -> int:
     art = open_artifact(args.file)
     art.verify()
     out = args.output
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RaiiafError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
     stem = args.file.name.removesuffix(".raiiaf")
     written = []
     if art.has_image:

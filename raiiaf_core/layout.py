@@ -137,21 +137,32 @@ def decode_json(data: bytes, what: str, source: str, limits: Limits):
         raise CorruptFileError(f"{source}: {what} is not valid JSON ({type(exc).__name__})") from None
     if _depth(value, limits.max_json_depth) > limits.max_json_depth:
         raise LimitExceededError(f"{source}: {what} nests deeper than Limits.max_json_depth={limits.max_json_depth}")
+    # A "\udXXX" escape may parse to a lone surrogate, which no UTF-8 text can hold: refuse it here rather than
+    # fail wherever the value is printed or saved later. Checked only when such an escape appears at all.
+    if b"\\ud" in data or b"\\uD" in data:
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except (UnicodeEncodeError, RecursionError):
+            raise CorruptFileError(f"{source}: {what} holds a string that is not valid Unicode") from None
     return value
 
 
 def _depth(value, limit: int) -> int:
-    # Iterative so a hostile file cannot exhaust the stack here either.
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        deepest = max(deepest, depth)
+    # Iterative so a hostile file cannot exhaust the stack here either; level by level, because this runs
+    # on every metadata read and a per-value Python loop cost more than json.loads itself.
+    deepest, level = 0, [value]
+    while level:
+        deepest += 1
         if deepest > limit:
             return deepest
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
+        children = []
+        for node in level:
+            kind = type(node)  # json.loads makes plain dicts and lists only; type() is cheaper than isinstance
+            if kind is dict:
+                children.extend(node.values())
+            elif kind is list:
+                children.extend(node)
+        level = children
     return deepest
 
 

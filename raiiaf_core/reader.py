@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 from . import images, layout, tensors
@@ -20,9 +21,17 @@ class _Source:
             self.path, self.file = Path(source), None
             self.name = str(source)
             try:
-                self.size = os.stat(source).st_size
+                st = os.stat(source)
             except OSError as exc:
                 raise ReadError(f"{source}: cannot read ({exc.strerror or exc})") from None
+            # Opening a FIFO blocks until someone writes to it; devices and folders have no meaningful size.
+            if not stat.S_ISREG(st.st_mode):
+                raise ReadError(f"{source}: not a regular file")
+            self.size = st.st_size
+            # Each read opens the path again (an open handle would keep other processes from replacing the file
+            # on Windows), so a save may replace it between two reads: each read checks it still has the file
+            # it started with, and a replaced file reads as replaced, not as damaged.
+            self.identity = _identity(st)
         else:
             self.path, self.file = None, source
             self.name = str(getattr(source, "name", "<stream>"))
@@ -35,6 +44,9 @@ class _Source:
         try:
             if self.file is None:
                 with open(self.path, "rb") as f:
+                    if _identity(os.fstat(f.fileno())) != self.identity:
+                        raise ReadError(f"{self.name}: the file was replaced or changed since it was opened; open it "
+                                        "again")
                     f.seek(offset)
                     data = f.read(length)
             else:
@@ -51,6 +63,10 @@ class _Source:
         for start in range(offset, offset + length, _HASH_BLOCK):
             digest.update(self.read(start, min(_HASH_BLOCK, offset + length - start)))
         return digest.hexdigest()
+
+
+def _identity(st) -> tuple:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class Artifact:
@@ -149,12 +165,20 @@ class Artifact:
 
         import zstandard
 
+        # Read in blocks, up to one byte past the declared size: memory follows what the frame really decodes
+        # to, so a small chunk declaring a huge size cannot make us allocate that size up front. (BytesIO
+        # hands its buffer over in getvalue() without a second copy.)
+        decoded = io.BytesIO()
         try:
-            # Read one byte past the declared size, never more: a frame cannot make us allocate beyond it.
             with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as stream:
-                out = stream.read(entry.size + 1)
+                while decoded.tell() <= entry.size:
+                    piece = stream.read(min(_HASH_BLOCK, entry.size + 1 - decoded.tell()))
+                    if not piece:
+                        break
+                    decoded.write(piece)
         except zstandard.ZstdError as exc:
             raise CorruptFileError(f"{self._describe(entry)} does not decompress ({exc})") from None
+        out = decoded.getvalue()
         if len(out) != entry.size:
             raise CorruptFileError(f"{self._describe(entry)} decompressed to {len(out)} bytes, index says {entry.size}")
         return out
@@ -243,16 +267,20 @@ class Artifact:
     def verify(self) -> None:
         """Read every chunk and check it; raises CorruptFileError naming the first damaged part."""
         for entry in self.chunks:
-            if entry.type == "image":
+            # The accessors read only the unnamed image, metadata and environment chunks; named ones (from
+            # newer writers) are checked below like any chunk this reader does not know.
+            part = (entry.type, entry.name)
+            if part == ("image", ""):
                 self.image_bytes()
             elif entry.type == "tensor":
                 payload = self.tensor_bytes(entry.name)
                 if tensors.parse_header(payload, entry.name, self._describe(entry)) != self._tensor_infos[entry.name]:
                     raise CorruptFileError(f"{self._describe(entry)}: safetensors header disagrees with the index")
-            elif entry.type in ("metadata", "environment"):
+                tensors.check_loadable(payload, self._describe(entry))
+            elif part in (("metadata", ""), ("environment", "")):
                 self._cache.pop(entry.type, None)
                 self._json(entry.type)
-            elif entry.length > _HASH_BLOCK and (entry.type, entry.name) not in self._payloads:
+            elif entry.length > _HASH_BLOCK and part not in self._payloads:
                 # Chunk types from newer writers are skipped by readers, but verify still checks their bytes.
                 if self._source.hash(entry.offset, entry.length) != entry.sha256:
                     raise CorruptFileError(f"{self._describe(entry)} is damaged (sha256 mismatch)")

@@ -83,7 +83,11 @@ def validate(metadata, tensor_names) -> dict:
 
 def to_json_value(value, path: str):
     """Copy `value` into plain JSON types, naming the first field that JSON cannot hold exactly."""
-    if value is None or isinstance(value, (bool, str)) or _is_int(value):
+    if isinstance(value, str):
+        if not _is_text(value):
+            raise MetadataError(f"metadata field '{path}' is not valid Unicode text: {_describe(value)}")
+        return value
+    if value is None or isinstance(value, bool) or _is_int(value):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -94,6 +98,8 @@ def to_json_value(value, path: str):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise MetadataError(f"metadata field '{path}' has a non-string key {key!r}")
+            if not _is_text(key):
+                raise MetadataError(f"metadata field '{path}' has a key that is not valid Unicode text: {key!r}")
             out[key] = to_json_value(item, key if path == "metadata" else f"{path}.{key}")
         return out
     if isinstance(value, (list, tuple)):
@@ -101,6 +107,15 @@ def to_json_value(value, path: str):
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / torch scalars
         return to_json_value(value.item(), path)
     raise MetadataError(f"metadata field '{path}' holds a {type(value).__name__}, which is not a JSON value")
+
+
+def _is_text(value: str) -> bool:
+    # Lone surrogates (e.g. from os.fsdecode of a file name that is not UTF-8) are str, but no UTF-8 file can hold them.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _describe(value) -> str:

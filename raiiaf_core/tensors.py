@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from dataclasses import dataclass
 
@@ -47,6 +48,8 @@ def encode(name: str, value) -> tuple[bytes, TensorInfo]:
     """Serialize one tensor (torch or numpy) to safetensors bytes, bit for bit."""
     if not isinstance(name, str) or not name:
         raise TensorError(f"tensor names must be non-empty strings, got {name!r}")
+    if name == "__metadata__":  # safetensors keeps this key for its own string map: the tensor would be lost
+        raise TensorError("tensor name '__metadata__' is reserved by safetensors; choose another name")
     try:
         if is_torch_tensor(value):
             import safetensors.torch
@@ -63,10 +66,9 @@ def encode(name: str, value) -> tuple[bytes, TensorInfo]:
         raise
     except Exception as exc:  # safetensors rejects dtypes it cannot store; say which tensor
         raise TensorError(f"tensor '{name}' cannot be stored: {exc}") from None
-    info = parse_header(payload, name, f"tensor '{name}'")
-    if len(info.shape) > MAX_RANK:
-        raise TensorError(f"tensor '{name}' has rank {len(info.shape)}; at most {MAX_RANK} is supported")
-    return payload, info
+    if len(value.shape) > MAX_RANK:
+        raise TensorError(f"tensor '{name}' has rank {len(value.shape)}; at most {MAX_RANK} is supported")
+    return payload, parse_header(payload, name, f"tensor '{name}'")
 
 
 def _c_contiguous(array):
@@ -91,15 +93,34 @@ def parse_header(payload: bytes, name: str, where: str) -> TensorInfo:
     entry = header.get(name)
     if len(header) != 1 or not isinstance(entry, dict):
         raise CorruptFileError(f"{where}: safetensors blob does not hold exactly the tensor '{name}'")
-    dtype = DTYPE_NAMES.get(entry.get("dtype"))
+    code = entry.get("dtype")
+    dtype = DTYPE_NAMES.get(code) if isinstance(code, str) else None  # a list or object here is not hashable
     shape = entry.get("shape")
     offsets = entry.get("data_offsets")
     if dtype is None or not _int_list(shape) or not _int_list(offsets) or len(offsets) != 2:
         raise CorruptFileError(f"{where}: malformed safetensors tensor entry")
+    # Checked before the size is computed: thousands of huge dimensions would take minutes to multiply.
+    if len(shape) > MAX_RANK:
+        raise CorruptFileError(f"{where}: safetensors tensor has rank {len(shape)}, more than {MAX_RANK}")
+    # Only a zero dimension lets a shape this big match a real chunk; safetensors, numpy and torch all overflow
+    # on it, so such a tensor could never be loaded and verify() must not pass it.
+    if math.prod(d for d in shape if d) * _itemsize(dtype) >= 2**63:
+        raise CorruptFileError(f"{where}: safetensors tensor shape {shape} is too large to load")
     info = TensorInfo(name, dtype, tuple(shape))
     if offsets != [0, info.nbytes] or 8 + header_len + info.nbytes != len(payload):
         raise CorruptFileError(f"{where}: safetensors data size does not match dtype and shape")
     return info
+
+
+def check_loadable(payload: bytes, where: str) -> None:
+    """Let safetensors' own parser read a blob parse_header accepted: it is stricter on details (the
+    __metadata__ map, repeated fields), and verify() must only pass tensors that load."""
+    import safetensors
+
+    try:
+        safetensors.deserialize(payload)
+    except Exception as exc:  # SafetensorError, or whatever a newer safetensors raises for a bad blob
+        raise CorruptFileError(f"{where}: safetensors cannot read the tensor ({exc})") from None
 
 
 def _int_list(value) -> bool:

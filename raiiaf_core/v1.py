@@ -31,6 +31,7 @@ import zstandard
 
 from . import images
 from .errors import CorruptFileError, LimitExceededError, MissingDependencyError
+from .tensors import MAX_RANK
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +184,12 @@ class _Reader:
             return None
 
         try:
-            return json.loads(bytes(raw).decode("utf-8"), parse_constant=non_json)
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            value = json.loads(bytes(raw).decode("utf-8"), parse_constant=non_json)
+            # A "\ud800" escape parses to a lone surrogate, which no UTF-8 text can hold: refuse it here,
+            # not when the metadata is encoded or printed later.
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+            return value
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and Unicode errors are ValueErrors
             raise self.fail(part, f"not valid UTF-8 JSON ({exc})") from None
 
     def unzstd(self, frame: memoryview, expected: int | None, part: str) -> bytes:
@@ -201,10 +206,18 @@ class _Reader:
         if declared > len(frame) * _ZSTD_MAX_RATIO:
             raise self.fail(part, f"zstd frame claims {declared} bytes, impossible from {len(frame)} bytes")
         self.spend(part, declared)
+        # Streamed: decompress() would allocate the declared size before decoding a byte, so a few KiB claiming
+        # a GiB would reserve it (and raise MemoryError where address space is capped). zstd itself stops a
+        # frame that decodes past its declared size.
+        decoder = zstandard.ZstdDecompressor().decompressobj()
         try:
-            return zstandard.ZstdDecompressor().decompress(frame, allow_extra_data=False)
+            body = decoder.decompress(frame)
         except zstandard.ZstdError as exc:
             raise self.fail(part, f"damaged zstd data ({exc})") from None
+        if not decoder.eof or decoder.unused_data or len(body) != declared:
+            raise self.fail(part, f"damaged zstd data ({len(body)} of {declared} bytes, frame "
+                                  f"{'ends before' if not decoder.eof else 'does not fill'} the chunk)")
+        return body
 
     def unframe(self, body, kind: bytes, flags: bytes, part: str):
         """Strip and check the 12-byte frame that starts every v1 chunk body."""
@@ -234,7 +247,8 @@ class _Reader:
         if not isinstance(name, str):
             raise self.fail(part, "manifest record has no extra.key naming the latent")
         part = f"latent {name!r} (chunk {index})"
-        dtype = _LATENT_DTYPES.get(record.get("flags"))
+        code = record.get("flags")
+        dtype = _LATENT_DTYPES.get(code) if isinstance(code, str) else None  # a list or object is not hashable
         if dtype is None:
             raise self.fail(part, f"unknown dtype flags {record.get('flags')!r}")
         if extra.get("dtype") != dtype.name:
@@ -242,10 +256,15 @@ class _Reader:
         shape = extra.get("shape")
         if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
             raise self.fail(part, f"extra.shape {shape!r} is not a list of sizes")
+        # Checked before multiplying: thousands of huge sizes take minutes to multiply, and their product
+        # has too many digits to print. A v2 file holds at most MAX_RANK dimensions, so no real latent has more.
+        if len(shape) > MAX_RANK:
+            raise self.fail(part, f"extra.shape has {len(shape)} dimensions, more than {MAX_RANK}")
         shape = tuple(shape)
         nbytes = math.prod(shape) * dtype.itemsize
-        if self.size(record, "uncompressed_size", part) != nbytes:
-            raise self.fail(part, f"uncompressed_size is not the {nbytes} bytes of shape {shape}")
+        size = self.size(record, "uncompressed_size", part)
+        if size != nbytes:
+            raise self.fail(part, f"uncompressed_size {size} is not the byte size of shape {shape}")
         flags = record["flags"].encode("ascii") + b"\0"
 
         if not self.flag(record, part):

@@ -66,15 +66,16 @@ def build(image_bytes, tensor_map, metadata: dict, environment: dict) -> list:
     if len({(kind, name) for kind, name, *_ in pending}) != len(pending):
         raise TensorError("duplicate tensor names")
 
+    # Hashed once, outside the loop below: hashing the image is the costliest step of building a file.
+    digests = [hashlib.sha256(payload).hexdigest() for _, _, payload, *_ in pending]
     # Offsets depend on the index length and the index holds the offsets: iterate to the fixed point
     # (the length only grows with the digits of the offsets, so this settles in two or three rounds).
     index_length = 0
     while True:
         offset = layout.HEADER_SIZE + index_length
         entries = []
-        for kind, name, payload, codec, size, info in pending:
-            entries.append(layout.ChunkEntry(kind, name, offset, len(payload), hashlib.sha256(payload).hexdigest(),
-                                             codec, size, info))
+        for (kind, name, payload, codec, size, info), digest in zip(pending, digests):
+            entries.append(layout.ChunkEntry(kind, name, offset, len(payload), digest, codec, size, info))
             offset += len(payload)
         index = layout.encode_index(entries)
         if len(index) == index_length:

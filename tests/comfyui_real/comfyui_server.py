@@ -97,11 +97,12 @@ def needs_torchvision_shim(python: str = PYTHON) -> bool:
 
 @contextlib.contextmanager
 def start(base: Path, *, comfy: str | None = COMFY, python: str = PYTHON, extra_args=(),
-          checkpoint: str | None = None):
+          checkpoint: str | None = None, env: dict | None = None):
     """Lay out `base` (an empty directory), start ComfyUI there, yield a `Comfy`; stop it on leaving.
 
     checkpoint: an existing file to link as models/checkpoints/tiny_sd15.safetensors (default:
-    RAIIAF_COMFYUI_CHECKPOINT, else one is built with make_checkpoint.py). extra_args go to ComfyUI's main.py.
+    RAIIAF_COMFYUI_CHECKPOINT, else one is built with make_checkpoint.py). extra_args go to ComfyUI's main.py,
+    env (variables added to this process's environment) to its process.
     """
     if not comfy:
         raise RuntimeError("no ComfyUI checkout: set RAIIAF_COMFYUI_PATH")
@@ -123,7 +124,7 @@ def start(base: Path, *, comfy: str | None = COMFY, python: str = PYTHON, extra_
     with open(log, "wb") as out:
         process = subprocess.Popen([python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
                                     "--base-directory", str(base), *extra_args], cwd=comfy, stdout=out,
-                                   stderr=subprocess.STDOUT)
+                                   stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     server = Comfy(f"http://127.0.0.1:{port}", base, log, process.pid)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
