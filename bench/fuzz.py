@@ -392,7 +392,7 @@ def m_json_chunk(rng, seeds, v2, v1):
     if roll < 0.75:
         return _replace_chunk(rng, data, kind, frame, codec="zstd", size=len(text))
     if roll < 0.9:  # the decoded size field set to an extreme
-        size = rng.choice(EXTREME_INTS[:17] + [len(text) - 1, len(text) + 1, 256 << 20, (256 << 20) + 1])
+        size = rng.choice(EXTREME_INTS[:17] + [len(text) - 1, len(text) + 1, 16 << 20, (16 << 20) + 1])
         return _replace_chunk(rng, data, kind, frame, codec="zstd", size=max(size, 0))
     return _replace_chunk(rng, data, kind, byte_mutation(rng, frame, seeds), codec="zstd", size=len(text))
 
@@ -404,7 +404,7 @@ def m_zstd_bomb(rng, seeds, v2, v1):
     size = rng.choice([1 * MIB, 4 * MIB, 8 * MIB])
     text = b'{"a":"' + b"x" * (size - 8) + b'"}'
     frame = zstandard.ZstdCompressor(level=3).compress(text)
-    declared = rng.choice([len(text), len(text) - 1, 256 << 20])
+    declared = rng.choice([len(text), len(text) - 1, 16 << 20])
     return _replace_chunk(rng, seeds[rng.choice(v2)], "metadata", frame, codec="zstd", size=declared)
 
 

@@ -106,13 +106,19 @@ class ReplayResult:
 
 def _scheduler(info: dict):
     import diffusers
+    from diffusers import SchedulerMixin
 
     cls = getattr(diffusers, info["class"], None)
-    if not isinstance(cls, type):
+    # The file names the class, so only diffusers' own scheduler modules are imported from it: a file must
+    # never make replay import or call arbitrary code.
+    if not isinstance(cls, type) and str(info["module"]).startswith("diffusers."):
         try:
             cls = getattr(importlib.import_module(info["module"]), info["class"])
         except (ImportError, AttributeError):
-            raise ReplayError(f"scheduler class {info['module']}.{info['class']} cannot be imported here") from None
+            cls = None
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise ReplayError(f"scheduler class {info['module']}.{info['class']} is not a diffusers scheduler "
+                          "that can be imported here")
     config = _encode.decode(info["config"], lambda name: None)
     # from_config drops the keys listed in _use_default_values so that this diffusers' defaults apply;
     # replay wants the values that were actually used, so every stored value is passed as given.

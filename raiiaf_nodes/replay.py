@@ -52,6 +52,9 @@ def _entries(meta: dict) -> list[dict]:
     return []
 
 
+_LATENT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def load_run(art: rc.Artifact, index: int = 0) -> ReplayRun:
     """Run `index` of the file (0 is the first sampling run: the one that started from noise)."""
     entries = _entries(art.metadata)
@@ -66,9 +69,14 @@ def load_run(art: rc.Artifact, index: int = 0) -> ReplayRun:
     if entry.get("latent_in"):
         latent_in = art.load_tensor(entry["latent_in"], framework="torch")
     else:
-        # The sampler started from an empty latent: zeros of the latent's shape and dtype, as EmptyLatentImage.
-        shape = entry.get("latent_shape") or list(noise.shape)
-        latent_in = torch.zeros(shape, dtype=getattr(torch, entry.get("latent_dtype") or "float32"))
+        # The sampler started from an empty latent: zeros shaped like the noise (which was drawn for that very
+        # latent), as EmptyLatentImage. Shape and dtype come from the file, so they are checked, not trusted.
+        if entry.get("latent_shape", list(noise.shape)) != list(noise.shape):
+            raise NodeInputError(f"{art.name}: run {index} records a latent shape that differs from its noise")
+        dtype = _LATENT_DTYPES.get(entry.get("latent_dtype") or "float32")
+        if dtype is None:
+            raise NodeInputError(f"{art.name}: run {index} records an unknown latent dtype")
+        latent_in = torch.zeros_like(noise, dtype=dtype)
     mask = entry.get("denoise_mask_tensor")
     steps = entry.get("steps")
     if not isinstance(steps, int):

@@ -341,3 +341,13 @@ def test_subclass_without_own_call_is_restored(sd, tmp_path):
     assert "__call__" not in MySD.__dict__  # deleted again: the base class's __call__ shows through
     _swaps_restored(sd)
     assert replay(mine, capture.paths[0]).bit_exact
+
+
+@pytest.mark.parametrize("module, cls", [("os", "system"), ("diffusers", "DiffusionPipeline"),
+                                         ("diffusers.utils", "load_image")])
+def test_replay_only_builds_diffusers_schedulers_named_by_a_file(module, cls):
+    from raiiaf_diffusers.errors import ReplayError
+    from raiiaf_diffusers.replay import _scheduler
+
+    with pytest.raises(ReplayError, match="not a diffusers scheduler"):
+        _scheduler({"module": module, "class": cls, "config": {}})

@@ -197,3 +197,15 @@ def test_files_from_other_hosts_replay_from_top_level_fields(tmp_path):
     assert torch.equal(replay.noise, noise)
     assert (replay.seed, replay.steps, replay.cfg, replay.positive) == (3, 4, 5.0, "p")
     assert replay.sigmas is None
+
+
+@pytest.mark.parametrize("run_fields, message", [
+    ({"latent_shape": [1, 4, 100000, 100000]}, "latent shape that differs from its noise"),
+    ({"latent_dtype": "complex128"}, "unknown latent dtype"),
+])
+def test_a_file_cannot_make_replay_allocate_what_it_likes(tmp_path, run_fields, message):
+    noise = torch.randn(1, 4, 8, 8)
+    path = rc.write(tmp_path / "hostile.raiiaf", tensors={"noise": noise},
+                    metadata={"runs": [{"noise": "noise", "seed": 1, **run_fields}]})
+    with pytest.raises(NodeInputError, match=message):
+        load_run(rc.open(path))
