@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 ENVIRONMENT = {"schema_version": 1, "python": {"version": "3.11.7"}}
-TEMP_SUFFIX = ".raiiaf-tmp"  # how saves name their temporaries (docs/API-PLAN.md): .<name>.<pid>-<random>.raiiaf-tmp
+TEMP_SUFFIX = ".raiiaf-tmp"  # how saves name their temporaries (raiiaf_core/atomic.py): .<name>.<pid>-<random>.raiiaf-tmp
 PREFIX = "batch"
 
 
