@@ -247,14 +247,18 @@ class Artifact:
                 from None
 
     def load_tensor(self, name: str, framework: str = "numpy"):
+        payload, where = self._checked_tensor(name)
+        return tensors.decode(payload, self._tensor_infos[name], framework, where)
+
+    def _checked_tensor(self, name: str) -> tuple:
+        """The tensor's blob, hash-checked and with a safetensors header that agrees with the index."""
         info = self.tensor_info(name)
         entry = self._entries[("tensor", name)]
         where = self._describe(entry)
         payload = self._decoded(entry)
-        found = tensors.parse_header(payload, name, where)
-        if found != info:
+        if tensors.parse_header(payload, name, where) != info:
             raise CorruptFileError(f"{where}: safetensors header disagrees with the index")
-        return tensors.decode(payload, info, framework, where)
+        return payload, where
 
     def load_tensors(self, framework: str = "numpy") -> dict:
         return {name: self.load_tensor(name, framework) for name in self._tensor_infos}
@@ -273,10 +277,7 @@ class Artifact:
             if part == ("image", ""):
                 self.image_bytes()
             elif entry.type == "tensor":
-                payload = self.tensor_bytes(entry.name)
-                if tensors.parse_header(payload, entry.name, self._describe(entry)) != self._tensor_infos[entry.name]:
-                    raise CorruptFileError(f"{self._describe(entry)}: safetensors header disagrees with the index")
-                tensors.check_loadable(payload, self._describe(entry))
+                tensors.check_loadable(*self._checked_tensor(entry.name))
             elif part in (("metadata", ""), ("environment", "")):
                 self._cache.pop(entry.type, None)
                 self._json(entry.type)
