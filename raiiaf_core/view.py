@@ -18,12 +18,14 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import os
 import re
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .cli import environment_headline
 from .errors import RaiiafError
 
 WIDTH = 1024
@@ -157,7 +159,8 @@ class _Reader:
     def raw(self, name: str):
         """(the tensor viewed in place on its checked blob, None), or (None, why it is not drawn)."""
         info = self.art.tensor_info(name)
-        if info.nbytes > MAX_TENSOR_BYTES:
+        # An index dtype this reader does not know is damage, which the checked read below reports.
+        if info.dtype in _RAW_DTYPES and info.nbytes > MAX_TENSOR_BYTES:
             return None, f"{name} not drawn: {info.nbytes:,} bytes, over the view's limit of {MAX_TENSOR_BYTES:,}"
         try:
             payload, _ = self.art._checked_tensor(name)
@@ -286,7 +289,7 @@ class _Renderer:
         meta = self.meta
         model = _object(meta.get("model"))
         version = ".".join(map(str, self.art.version))
-        lines = [(f"{self.art.name.replace(chr(92), '/').rsplit('/', 1)[-1]}  (raiiaf {version})", TEXT),
+        lines = [(f"{os.path.basename(self.art.name)}  (raiiaf {version})", TEXT),
                  (f"model: {model.get('name') or model.get('id') or model.get('path') or 'not recorded'}", TEXT)]
         settings = [f"{label} {meta[key]}" for label, key in (("seed", "seed"), ("sampler", "sampler"),
                                                                ("scheduler", "scheduler"), ("steps", "steps"),
@@ -308,8 +311,6 @@ class _Renderer:
         for label, key in (("prompt", "prompt"), ("negative", "negative_prompt")):
             if meta.get(key):
                 lines.append((f"{label}: {meta[key]}", DIM))
-        from .cli import environment_headline
-
         lines.append((f"environment: {environment_headline(self.art.environment)}", TEXT))
         if self.missing:
             lines.append(("not in this file: " + ", ".join(self.missing), DIM))

@@ -313,7 +313,7 @@ def test_hostile_metadata_and_text(tmp_path, small_file):
 def test_fuzzed_files_end_in_a_picture_or_a_raiiaf_error(tmp_path):
     seeds = fuzz.make_seeds(tmp_path / "seeds")
     outcomes = {"picture": 0, "error": 0}
-    for index in range(150):
+    for index in range(400):
         _, data, limits = fuzz.generate(3, index, seeds)
         start = time.perf_counter()
         try:
@@ -323,3 +323,12 @@ def test_fuzzed_files_end_in_a_picture_or_a_raiiaf_error(tmp_path):
             outcomes["error"] += 1
         assert time.perf_counter() - start < 10, index
     assert outcomes["picture"] > 20 and outcomes["error"] > 20
+
+
+def test_an_index_dtype_the_reader_does_not_know_is_a_problem_not_a_crash(small_file):
+    chunks, payloads = fuzz.split_v2(small_file.read_bytes())
+    [i] = [i for i, c in enumerate(chunks) if c["name"] == "noise"]
+    chunks[i]["dtype"] = "complex32"
+    v = view.render(rc.open(io.BytesIO(fuzz.assemble(chunks, payloads))))
+    assert v.problems == ["<stream>: tensor chunk 'noise': safetensors header disagrees with the index"]
+    assert v.panels["noise"].parts == () and "sigmas" in v.panels
