@@ -11,6 +11,7 @@ only the save node still finds the runs that made the cached latent.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ from dataclasses import dataclass, field
 import torch
 
 import raiiaf_core as rc
+
+from .errors import CaptureError
+from .record import CAPTURED, FAILED, SAMPLER_OPTIONS, RunRecord
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
@@ -32,69 +36,98 @@ def sampler_name_of(function) -> str:
     return name
 
 
-def json_options(options: dict | None) -> tuple[dict, list[str]]:
-    """Split sampler options into JSON-storable values and the names of those that are not (callables...)."""
+def json_values(values: dict | None) -> tuple[dict, list[str]]:
+    """Split values into those JSON can store exactly and the names of the others (callables, tensors, inf)."""
     kept, dropped = {}, []
-    for key, value in (options or {}).items():
-        if isinstance(value, _JSON_SCALARS) and not (isinstance(value, float) and value != value):
+    for key, value in (values or {}).items():
+        if isinstance(value, _JSON_SCALARS) and not (isinstance(value, float) and not math.isfinite(value)):
             kept[str(key)] = value
         else:
             dropped.append(str(key))
     return kept, dropped
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
 @dataclass
 class CapturedRun:
-    """One call of a sampler, with the tensors exactly as the sampler received them (CPU copies)."""
+    """One call of a sampler: its record (tensor names are given when a save numbers the run) and CPU copies
+    of its tensors by part ("noise", "sigmas", "latent_in", "denoise_mask"), exactly as the sampler got them."""
 
-    noise: torch.Tensor
-    sigmas: torch.Tensor
-    seed: int | None
-    sampler: str
-    sampler_options: dict = field(default_factory=dict)
-    inpaint_options: dict = field(default_factory=dict)
-    unstored_options: list = field(default_factory=list)
-    cfg: float | None = None
-    guider: str | None = None
-    denoise_mask: torch.Tensor | None = None
-    latent_in: torch.Tensor | None = None  # None when the sampler started from an all-zero latent
-    latent_shape: list = field(default_factory=list)
-    latent_dtype: str = "float32"
-    model: dict = field(default_factory=dict)
-    output_sha256: str | None = None
+    record: RunRecord
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     prompt_id: str | None = None
     node_id: str | None = None
     sequence: int = 0
 
 
+def _cpu_copy(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().to("cpu", copy=True)
+
+
 def make_run(*, noise, sigmas, seed, sampler_function, sampler_options=None, inpaint_options=None, cfg=None,
-             guider=None, denoise_mask=None, latent_image=None, model=None, output=None, prompt_id=None,
-             node_id=None) -> CapturedRun:
-    """Build a record from what a sampler was called with; tensors are copied to the CPU, untouched."""
-    options, dropped = json_options(sampler_options)
-    inpaint, dropped_inpaint = json_options(inpaint_options)
-    latent_in = None
-    if latent_image is not None and torch.count_nonzero(latent_image) > 0:
-        latent_in = latent_image.detach().to("cpu", copy=True)
-    return CapturedRun(
-        noise=noise.detach().to("cpu", copy=True),
-        sigmas=sigmas.detach().to("cpu", copy=True),
-        seed=None if seed is None else int(seed),
-        sampler=sampler_name_of(sampler_function),
+             guider=None, denoise_mask=None, latent_image=None, latent_shapes=None, arguments=None, model=None,
+             output=None, prompt_id=None, node_id=None) -> CapturedRun:
+    """Build a run from what a sampler was called with; tensors are copied to the CPU, untouched.
+
+    A nested latent (several latents packed into one, as audio+video models use) gives a failed run that says
+    so: its packed noise is not stored, because this version cannot replay it.
+    """
+    given = {"noise": noise, "sigmas": sigmas, "latent_image": latent_image}
+    for name, value in given.items():
+        if not isinstance(value, torch.Tensor) and not (name == "latent_image" and value is None):
+            raise CaptureError(f"the sampler's {name} is a {type(value).__name__}, not a tensor")
+    shapes = None if latent_shapes is None else [[int(d) for d in s] for s in latent_shapes]
+    latent = latent_image if latent_image is not None else noise
+    seed = None if seed is None else int(seed)
+    sampler = sampler_name_of(sampler_function)
+    if shapes is not None and len(shapes) > 1:
+        return failed_run(
+            error=f"nested latent of {len(shapes)} parts {shapes} (audio+video models): this version of raiiaf "
+                  "does not capture their packed noise, so this run cannot be replayed",
+            prompt_id=prompt_id, node_id=node_id, seed=seed, sampler=sampler, latent_shapes=shapes,
+            noise_dtype=dtype_name(noise.dtype), latent_dtype=dtype_name(latent.dtype))
+    options, dropped = json_values(sampler_options)
+    # Options of custom samplers that replay would refuse are named, not stored (like callables).
+    dropped += [key for key in options if key not in SAMPLER_OPTIONS]
+    options = {k: v for k, v in options.items() if k in SAMPLER_OPTIONS}
+    inpaint, dropped_inpaint = json_values(inpaint_options)
+    kept_arguments, unstored_arguments = json_values(arguments)
+    tensors = {"noise": _cpu_copy(noise), "sigmas": _cpu_copy(sigmas)}
+    empty_start = latent_image is None or not bool(torch.count_nonzero(latent_image))
+    if not empty_start:
+        tensors["latent_in"] = _cpu_copy(latent_image)
+    if denoise_mask is not None:
+        tensors["denoise_mask"] = _cpu_copy(denoise_mask)
+    record = RunRecord(
+        source=CAPTURED,
+        seed=seed,
+        sampler=sampler,
         sampler_options=options,
         inpaint_options=inpaint,
         unstored_options=dropped + [f"inpaint.{k}" for k in dropped_inpaint],
         cfg=None if cfg is None else float(cfg),
         guider=guider,
-        denoise_mask=None if denoise_mask is None else denoise_mask.detach().to("cpu", copy=True),
-        latent_in=latent_in,
-        latent_shape=list(latent_image.shape) if latent_image is not None else list(noise.shape),
-        latent_dtype=str(latent_image.dtype if latent_image is not None else noise.dtype).replace("torch.", ""),
+        steps=max(int(sigmas.shape[-1]) - 1, 0),
+        latent_shape=list(latent.shape),
+        latent_shapes=shapes,
+        latent_dtype=dtype_name(latent.dtype),
+        noise_dtype=dtype_name(noise.dtype),
+        empty_start=empty_start,
+        arguments=kept_arguments,
+        unstored_arguments=unstored_arguments,
         model=dict(model or {}),
-        output_sha256=None if output is None else rc.tensor_sha256(output.detach().to("cpu")),
-        prompt_id=prompt_id,
-        node_id=None if node_id is None else str(node_id),
+        output_sha256=rc.tensor_sha256(output.detach().to("cpu")) if isinstance(output, torch.Tensor) else None,
     )
+    return CapturedRun(record, tensors, prompt_id, None if node_id is None else str(node_id))
+
+
+def failed_run(*, error: str, prompt_id=None, node_id=None, **known) -> CapturedRun:
+    """A run the capture could not record: the file says which one and why (`known`: RunRecord fields it has)."""
+    record = RunRecord(source=FAILED, error=error, **known)
+    return CapturedRun(record, {}, prompt_id, None if node_id is None else str(node_id))
 
 
 class CaptureStore:

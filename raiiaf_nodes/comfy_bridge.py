@@ -7,7 +7,10 @@ objects and the plain values and tensors the logic works with.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+import re
 from collections.abc import Callable
 
 import comfy.patcher_extension
@@ -15,15 +18,19 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 import folder_paths
+import torch
 from comfy.cli_args import args
+from comfy.k_diffusion import sampling as k_diffusion_sampling
 from comfy_execution.graph_utils import ExecutionBlocker
 from comfy_execution.utils import get_executing_context
 
-from .errors import NodeInputError
+from .errors import CaptureError, NodeInputError
 
 log = logging.getLogger(__name__)
 
 WRAPPER_KEY = "raiiaf_capture"
+# The oldest ComfyUI the real-ComfyUI matrix runs on; pyproject.toml's requires-comfyui says the same.
+OLDEST_TESTED_COMFYUI = "0.3.64"
 # Samplers whose function names (what a capture records) differ from the names in ComfyUI's sampler list.
 _NAMED_SAMPLERS = {"unipc": "uni_pc", "unipc_bh2": "uni_pc_bh2"}
 
@@ -65,6 +72,22 @@ def comfyui_version() -> str | None:
     return comfyui_version.__version__
 
 
+@functools.cache
+def warn_if_untested_version() -> None:
+    """Log once when this ComfyUI is older than the oldest one the real-ComfyUI tests ran on."""
+    version = comfyui_version()
+    if version is not None and older_than(version, OLDEST_TESTED_COMFYUI):
+        log.warning("raiiaf: ComfyUI %s is older than %s, the oldest version raiiaf is tested with; capture still "
+                    "never stops sampling, but a run it cannot read is saved as not captured", version,
+                    OLDEST_TESTED_COMFYUI)
+
+
+def older_than(version: str, floor: str) -> bool:
+    def numbers(text: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+    return numbers(version) < numbers(floor)
+
+
 def executing() -> tuple[str | None, str | None]:
     """(prompt id, node id) of the node ComfyUI is running now."""
     context = get_executing_context()
@@ -82,23 +105,50 @@ def blocked(message: str) -> ExecutionBlocker:
     return ExecutionBlocker(message)
 
 
-def capture_model(model, on_run: Callable[..., None]):
-    """A clone of MODEL whose samplers report every run to `on_run` (keyword arguments of capture.make_run)."""
+# Arguments of the wrapped call that only steer progress reporting: passed on, never recorded.
+_PROGRESS_ARGUMENTS = ("callback", "disable_pbar")
+# Arguments the record reads by name; any other one is stored with the run as it came (see capture.make_run).
+_RECORDED_ARGUMENTS = ("noise", "latent_image", "sampler", "sigmas", "denoise_mask", "seed", "latent_shapes")
+# Tensors some samplers write into: copied before sampling, so the record holds what the sampler was given.
+_COPIED_ARGUMENTS = ("noise", "latent_image", "sigmas", "denoise_mask")
 
-    def outer_sample(executor, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None,
-                     disable_pbar=False, seed=None):
-        # Copies are taken before sampling: some samplers write into the tensors they are given.
-        noise_in, latent_in, sigmas_in = noise.detach().clone(), latent_image.detach().clone(), sigmas.detach().clone()
-        mask_in = None if denoise_mask is None else denoise_mask.detach().clone()
-        output = executor(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
+
+def bound_arguments(function, args: tuple, kwargs: dict) -> dict:
+    """A call's arguments by parameter name, defaults filled in, whatever the signature of the running ComfyUI."""
+    signature = inspect.signature(function)
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    values = {}
+    for name, value in bound.arguments.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            values.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                values[f"*{name}"] = value
+        else:
+            values[name] = value
+    return values
+
+
+def capture_model(model, on_run: Callable[..., None], on_failure: Callable[..., None]):
+    """A clone of MODEL whose samplers report every run.
+
+    on_run gets the keyword arguments of capture.make_run; when a run cannot be read or recorded, on_failure
+    gets error, prompt_id and node_id instead. The wrapper passes every argument on unchanged and returns the
+    sampler's output untouched: neither callback can change or stop sampling.
+    """
+
+    def outer_sample(executor, *args, **kwargs):
         try:
-            _report(on_run, executor.class_obj, sampler, seed, noise_in, sigmas_in, mask_in, latent_in, output)
-        except Exception:
-            # A failed record must never cost the user the image; the save node then finds no captured run
-            # and marks its noise as reconstructed.
-            log.exception("raiiaf: could not record this sampling run")
+            inputs = _copied_inputs(executor, args, kwargs)
+        except Exception as exc:  # noqa: BLE001 - whatever goes wrong here must not cost the image
+            inputs = exc
+        output = executor(*args, **kwargs)
+        _report(executor, inputs, output, on_run, on_failure)
         return output
 
+    warn_if_untested_version()
     clone = model.clone()
     # One capture per model line: a second capture node replaces the first one's wrapper, so runs are not doubled.
     clone.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY)
@@ -106,30 +156,117 @@ def capture_model(model, on_run: Callable[..., None]):
     return clone
 
 
-def _report(on_run, guider, sampler, seed, noise, sigmas, denoise_mask, latent_image, output) -> None:
-    """Turn the guider and sampler objects of one run into the plain values capture.make_run takes."""
-    patcher = guider.model_patcher
-    prompt_id, node_id = executing()
-    on_run(noise=noise, sigmas=sigmas, seed=seed, sampler_function=getattr(sampler, "sampler_function", sampler),
-           sampler_options=getattr(sampler, "extra_options", {}),
-           inpaint_options=getattr(sampler, "inpaint_options", {}),
-           cfg=getattr(guider, "cfg", None), guider=type(guider).__name__, denoise_mask=denoise_mask,
-           latent_image=latent_image,
-           model={"config": type(patcher.model.model_config).__name__,
-                  "model_type": str(getattr(patcher.model, "model_type", "")),
-                  "dtype": str(patcher.model_dtype()).replace("torch.", "")},
-           output=output, prompt_id=prompt_id, node_id=node_id)
+def _copied_inputs(executor, args: tuple, kwargs: dict) -> dict:
+    # The executor wraps the guider's outer_sample; binding against it names every argument, in any version.
+    values = bound_arguments(executor.original, args, kwargs)
+    missing = [name for name in ("noise", "sigmas") if name not in values]
+    if missing:
+        raise CaptureError(f"the sampling call has no argument named {' or '.join(missing)} "
+                           f"(it has: {', '.join(values) or 'none'})")
+    for name in _COPIED_ARGUMENTS:
+        if isinstance(values.get(name), torch.Tensor):
+            values[name] = values[name].detach().clone()
+    if values.get("latent_shapes") is not None:
+        values["latent_shapes"] = [list(shape) for shape in values["latent_shapes"]]
+    return values
+
+
+def _report(executor, inputs, output, on_run, on_failure) -> None:
+    try:
+        prompt_id, node_id = executing()
+    except Exception:  # noqa: BLE001
+        prompt_id, node_id = None, None
+    try:
+        if isinstance(inputs, Exception):
+            raise inputs
+        guider = getattr(executor, "class_obj", None)
+        sampler = inputs.get("sampler")
+        on_run(noise=inputs["noise"], sigmas=inputs["sigmas"], seed=inputs.get("seed"),
+               sampler_function=getattr(sampler, "sampler_function", sampler),
+               sampler_options=getattr(sampler, "extra_options", {}),
+               inpaint_options=getattr(sampler, "inpaint_options", {}),
+               cfg=getattr(guider, "cfg", None), guider=None if guider is None else type(guider).__name__,
+               denoise_mask=inputs.get("denoise_mask"), latent_image=inputs.get("latent_image"),
+               latent_shapes=inputs.get("latent_shapes"),
+               arguments={k: v for k, v in inputs.items() if k not in _RECORDED_ARGUMENTS + _PROGRESS_ARGUMENTS},
+               model=_model_info(guider), output=output, prompt_id=prompt_id, node_id=node_id)
+    except Exception as exc:  # noqa: BLE001 - a failed record must never cost the user the image
+        error = f"{type(exc).__name__}: {exc}"
+        log.exception("raiiaf: could not record a sampling run of node %s; the image is not affected and the "
+                      "saved .raiiaf says which run is missing", node_id)
+        try:
+            on_failure(error=error, prompt_id=prompt_id, node_id=node_id)
+        except Exception:  # noqa: BLE001
+            log.exception("raiiaf: could not note the failed capture either")
+
+
+def _model_info(guider) -> dict:
+    """What identifies the sampled model beyond its file hashes; an error here only loses this description."""
+    try:
+        patcher = guider.model_patcher
+        return {"config": type(patcher.model.model_config).__name__,
+                "model_type": str(getattr(patcher.model, "model_type", "")),
+                "dtype": str(patcher.model_dtype()).replace("torch.", "")}
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+NOISE_MAKER = "comfy.sample.prepare_noise"
+
+
+def prepare_noise(shape: list[int], seed: int, batch_index: list[int] | None, dtype: torch.dtype) -> torch.Tensor:
+    """The noise this ComfyUI's KSampler draws for a latent of `shape`, by ComfyUI's own prepare_noise.
+
+    prepare_noise reseeds the global CPU generator; it is run on a fork of it, so a save leaves the RNG as it was.
+    """
+    with torch.random.fork_rng(devices=[]):
+        return comfy.sample.prepare_noise(torch.zeros(shape, dtype=dtype), seed, batch_index)
+
+
+def ksampler_sigmas(model, *, steps: int, sampler_name: str, scheduler: str, denoise: float | None) -> torch.Tensor:
+    """The sigmas ComfyUI's KSampler node samples with for these settings."""
+    if scheduler not in comfy.samplers.SCHEDULER_NAMES:
+        raise NodeInputError(f"the stored scheduler {scheduler!r} is not one of this ComfyUI's schedulers")
+    if sampler_name not in comfy.samplers.SAMPLER_NAMES:
+        raise NodeInputError(f"the stored sampler {sampler_name!r} is not one of this ComfyUI's samplers")
+    ksampler = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name,
+                                       scheduler=scheduler, denoise=denoise, model_options=model.model_options)
+    return ksampler.sigmas.cpu()
 
 
 def make_sampler(name: str, options: dict, inpaint_options: dict):
-    """The SAMPLER object for a stored run: the same sampler function with the same options."""
+    """The SAMPLER object for a stored run: the same sampler function with the same options.
+
+    Options were checked against raiiaf's table when the file was read; here each must also be a parameter of
+    this ComfyUI's sampler function, so a sampler is never called with an argument it does not take.
+    """
     name = _NAMED_SAMPLERS.get(name, name)
     if name in comfy.samplers.KSAMPLER_NAMES:
-        return comfy.samplers.ksampler(name, dict(options), dict(inpaint_options))
+        sampler = comfy.samplers.ksampler(name, dict(options), dict(inpaint_options))
+        refused = _options_not_taken(sampler.sampler_function, name, options)
+        if refused:
+            raise NodeInputError(f"the stored options {', '.join(refused)} are not options of this ComfyUI's "
+                                 f"sampler {name!r}")
+        return sampler
     if name in comfy.samplers.SAMPLER_NAMES:  # ddim, uni_pc: names ComfyUI maps to a sampler object itself
+        if options:
+            raise NodeInputError(f"the stored run gives options to {name!r}, which takes none in this ComfyUI")
         return comfy.samplers.sampler_object(name)
     raise NodeInputError(f"the stored sampler {name!r} is not one of this ComfyUI's samplers, so it cannot be "
                          "rebuilt; pick the sampler by hand (Raiiaf Load Replay gives its name)")
+
+
+def _options_not_taken(function, name: str, options: dict) -> list[str]:
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        # dpm_adaptive's function forwards its options to k-diffusion's sample_dpm_adaptive.
+        target = getattr(k_diffusion_sampling, f"sample_{name}", None)
+        if target is None:
+            return []
+        parameters = inspect.signature(target).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return []
+    return [key for key in options if key not in parameters]
 
 
 def sample(model, positive, negative, *, noise, sigmas, seed, sampler, cfg, latent_in, denoise_mask):

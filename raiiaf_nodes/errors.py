@@ -17,3 +17,11 @@ class NoiseShapeError(NodeInputError):
 
 class ReconstructionError(NodeInputError):
     """Without the capture node, the noise cannot be rebuilt from the graph (the message says why)."""
+
+
+class RecordError(NodeInputError):
+    """A file's sampling-run record holds a value that cannot be used; the message names the file and field."""
+
+
+class CaptureError(NodeInputError):
+    """A sampling run could not be recorded (the sampling itself went on; the file says why)."""

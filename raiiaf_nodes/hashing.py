@@ -64,6 +64,7 @@ class FileHashCache:
             entry = self._load().get(real)
             if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
                 return entry["sha256"]
+        log.info("raiiaf: computing the sha256 of %s (once per file version)", real)
         digest = hashlib.sha256()
         done = 0
         with open(real, "rb") as f:

@@ -17,12 +17,12 @@ from pathlib import Path
 import raiiaf_core as rc
 from raiiaf_core.view import render
 
-from .capture import STORE, make_run
+from .capture import STORE, failed_run, make_run
 from .errors import NodeInputError
 from .hashing import FileHashCache
 from .noise import StoredNoise
 from .paths import list_raiiaf_files, resolve_annotated
-from .replay import compare_output, drift_report, image_tensor, load_run, stored_latent
+from .replay import compare_output, drift_report, image_tensor, load_run, rebuilt_sigma_settings, stored_latent
 from .save import PREVIEW_SUBFOLDER, SaveContext, save_images
 
 CATEGORY = "raiiaf"
@@ -94,7 +94,8 @@ class RaiiafCapture:
         return {"required": {"model": ("MODEL", {"tooltip": "The model your samplers use."})}}
 
     def capture(self, model):
-        return (_bridge().capture_model(model, lambda **run: STORE.add(make_run(**run))),)
+        return (_bridge().capture_model(model, on_run=lambda **run: STORE.add(make_run(**run)),
+                                        on_failure=lambda **failure: STORE.add(failed_run(**failure))),)
 
 
 class RaiiafSave:
@@ -139,7 +140,7 @@ class RaiiafSave:
             metadata_enabled=bridge.metadata_enabled(), comfyui_version=bridge.comfyui_version(),
             model_path=bridge.model_path,
             hash_cache=_model_hashes(os.path.join(bridge.user_dir(), "raiiaf", "model_sha256.json")),
-            hash_progress=bridge.progress(unique_id))
+            hash_progress=bridge.progress(unique_id), make_noise=bridge.prepare_noise, noise_maker=bridge.NOISE_MAKER)
         saved = save_images(images, filename_prefix, ctx, latent=latent, tags=tags, notes=notes, store=STORE)
         previews = [{"filename": s.preview[1], "subfolder": s.preview[0], "type": "temp"} for s in saved if s.preview]
         files = [f"{s.subfolder}/{s.filename}" if s.subfolder else s.filename for s in saved]
@@ -193,21 +194,26 @@ class RaiiafLoad:
         art = rc.open(_file_path(file))
         report = drift_report(art)
         stored = load_run(art, run)
-        latent_in = {"samples": stored.latent_in}
-        if stored.denoise_mask is not None:
-            latent_in["noise_mask"] = stored.denoise_mask
+        record = stored.record
+        if stored.latent_in is None:
+            latent_in = bridge.blocked(f"{file}, run {run}: the file does not hold the latent this run started from "
+                                       "(its noise was rebuilt and it did not start from an empty latent)")
+        else:
+            latent_in = {"samples": stored.latent_in}
+            if stored.denoise_mask is not None:
+                latent_in["noise_mask"] = stored.denoise_mask
         sigmas = stored.sigmas if stored.sigmas is not None else bridge.blocked(
             f"{file} holds no sigmas for run {run}: its noise was rebuilt without Raiiaf Capture Sampling; build "
-            f"the sigmas with a scheduler node ({stored.scheduler or 'the original scheduler'}, {stored.steps} steps)")
+            f"the sigmas with a scheduler node ({record.scheduler or 'the original scheduler'}, {stored.steps} steps)")
         try:
-            sampler = bridge.make_sampler(stored.sampler, stored.sampler_options, stored.inpaint_options)
+            sampler = bridge.make_sampler(record.sampler, record.sampler_options, record.inpaint_options)
         except NodeInputError as exc:
             sampler = bridge.blocked(f"{file}, run {run}: {exc}")
         latent = stored_latent(art) or bridge.blocked(
             f"{file} holds no sampled latent: connect the sampler's LATENT to Raiiaf Save's latent input")
         result = (StoredNoise(stored.noise, stored.seed), sigmas, sampler, latent_in, latent, image_tensor(art),
                   stored.seed if stored.seed is not None else 0, stored.steps, stored.cfg, stored.sampler_name,
-                  stored.scheduler, stored.positive, stored.negative)
+                  record.scheduler or "", record.positive or "", record.negative or "")
         return {"ui": {REPORT_KEY: [report], "images": [_view_preview(art)]}, "result": result}
 
 
@@ -244,17 +250,28 @@ class RaiiafResample:
         art = rc.open(_file_path(file))
         report = drift_report(art)
         stored = load_run(art, run)
-        if stored.sigmas is None:
-            raise NodeInputError(f"{file} holds no sigmas for run {run} (its noise was rebuilt without Raiiaf "
-                                 "Capture Sampling), so it cannot be resampled exactly; use Raiiaf Load Replay "
-                                 "with a scheduler node instead")
-        output = bridge.sample(model, positive, negative, noise=stored.noise.clone(), sigmas=stored.sigmas,
+        record = stored.record
+        if stored.latent_in is None:
+            raise NodeInputError(f"{file}, run {run}: the file does not hold the latent this run started from (its "
+                                 "noise was rebuilt and it did not start from an empty latent), so it cannot be "
+                                 "resampled")
+        sigmas = stored.sigmas
+        if sigmas is None:  # noise rebuilt from a KSampler's seed: ComfyUI's KSampler gives its sigmas
+            sigmas = bridge.ksampler_sigmas(model, **rebuilt_sigma_settings(stored, file))
+        output = bridge.sample(model, positive, negative, noise=stored.noise.clone(), sigmas=sigmas,
                                seed=stored.seed, cfg=stored.cfg, latent_in=stored.latent_in,
-                               sampler=bridge.make_sampler(stored.sampler, stored.sampler_options,
-                                                           stored.inpaint_options),
+                               sampler=bridge.make_sampler(record.sampler, record.sampler_options,
+                                                           record.inpaint_options),
                                denoise_mask=stored.denoise_mask)
         identical, verdict = compare_output(output, stored, art)
-        message = f"run {run}: {verdict}\n{report}"
+        lines = [f"run {run}: {verdict}"]
+        if stored.batch_size > 1:
+            lines.append(f"the file's image is image {stored.batch_index} of this batch of {stored.batch_size}")
+        not_passed = [*record.arguments, *record.unstored_arguments, *record.unstored_options]
+        if not_passed:
+            lines.append(f"note: the original sampler also got {', '.join(not_passed)}, which this replay does not "
+                         "pass back")
+        message = "\n".join([*lines, report])
         return {"ui": {REPORT_KEY: [message], "raiiaf_identical": [identical]}, "result": ({"samples": output},)}
 
 

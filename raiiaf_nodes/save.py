@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,18 +18,20 @@ from PIL.PngImagePlugin import PngInfo
 import raiiaf_core as rc
 
 from . import __version__
-from .capture import STORE, CapturedRun, CaptureStore
-from .errors import ReconstructionError
+from .capture import STORE, CapturedRun, CaptureStore, dtype_name
+from .errors import ReconstructionError, RecordError
 from .graph import Graph
 from .hashing import FileHashCache
 from .noise import reconstruct_noise
 from .paths import expand_prefix
+from .record import FAILED, MAX_SEED, MAX_STEPS, RECONSTRUCTED, RunRecord, is_name, is_number
 
 log = logging.getLogger(__name__)
 
 GENERATOR = {"name": "raiiaf_nodes", "version": __version__}
 PREVIEW_SUBFOLDER = "raiiaf_previews"
 _PNG_COMPRESS_LEVEL = 4  # SaveImage's level, so the stored PNG is the one SaveImage would have written
+NoiseMaker = Callable[[list, int, "list | None", torch.dtype], torch.Tensor]
 
 
 def tensor_name(run_index: int, part: str) -> str:
@@ -52,6 +54,10 @@ class SaveContext:
     model_path: Callable[[str, str], str | None] = lambda folder, name: None
     hash_cache: FileHashCache = field(default_factory=FileHashCache)
     hash_progress: Callable[[int, int], None] | None = None
+    # Rebuilds KSampler's noise (shape, seed, batch_index, dtype) for graphs without the capture node: inside
+    # ComfyUI its own comfy.sample.prepare_noise, so the rebuilt noise follows the running version.
+    make_noise: NoiseMaker = reconstruct_noise
+    noise_maker: str = "raiiaf_nodes.noise.reconstruct_noise"  # recorded in the run as rebuilt_by.function
 
 
 @dataclass(frozen=True)
@@ -75,56 +81,54 @@ def image_to_png(image: torch.Tensor, text_chunks: dict[str, str] | None = None)
     return out.getvalue()
 
 
-def _run_entry(index: int, run: CapturedRun, graph: Graph) -> tuple[dict, dict]:
-    tensors = {tensor_name(index, "noise"): run.noise, tensor_name(index, "sigmas"): run.sigmas}
-    entry = {
-        "source": "captured",
-        "node_id": run.node_id,
-        "seed": run.seed,
-        "sampler": run.sampler,
-        "sampler_options": run.sampler_options,
-        "inpaint_options": run.inpaint_options,
-        "cfg": run.cfg,
-        "guider": run.guider,
-        "steps": max(int(run.sigmas.shape[-1]) - 1, 0),
-        "denoise_mask": run.denoise_mask is not None,
-        "latent_shape": run.latent_shape,
-        "latent_dtype": run.latent_dtype,
-        "model": run.model,
-        "output_sha256": run.output_sha256,
-        "noise": tensor_name(index, "noise"),
-        "sigmas": tensor_name(index, "sigmas"),
-        "latent_in": None,
-        "denoise_mask_tensor": None,
-    }
-    if run.unstored_options:
-        entry["unstored_options"] = run.unstored_options
-    if run.latent_in is not None:
-        entry["latent_in"] = tensor_name(index, "latent_in")
-        tensors[entry["latent_in"]] = run.latent_in
-    if run.denoise_mask is not None:
-        entry["denoise_mask_tensor"] = tensor_name(index, "denoise_mask")
-        tensors[entry["denoise_mask_tensor"]] = run.denoise_mask
+# Parts of a captured run and the record fields that name their tensors in the file.
+_TENSOR_FIELDS = {"noise": "noise", "sigmas": "sigmas", "latent_in": "latent_in", "denoise_mask": "denoise_mask_tensor"}
+
+
+def _numbered(index: int, run: CapturedRun, graph: Graph) -> tuple[RunRecord, dict]:
+    """Run `index` of the file: its record with the names its tensors get in the file, and those tensors."""
+    tensors = {tensor_name(index, part): tensor for part, tensor in run.tensors.items()}
+    record = replace(run.record, node_id=run.node_id,
+                     **{_TENSOR_FIELDS[part]: tensor_name(index, part) for part in run.tensors})
     if run.node_id is not None and run.node_id in graph.nodes:
-        _add_graph_settings(entry, graph, run.node_id)
-    return entry, tensors
+        _add_graph_settings(record, graph, run.node_id)
+    return _readable(index, record, tensors)
 
 
-def _add_graph_settings(entry: dict, graph: Graph, node_id: str) -> None:
+def _readable(index: int, record: RunRecord, tensors: dict) -> tuple[RunRecord, dict]:
+    """The record checked by the reader's own rules before it is written.
+
+    A record the reader would refuse (say, a value of an unexpected type from a custom node) is saved as a
+    failed run naming the problem instead, so no file holds a run that Raiiaf Load Replay cannot read.
+    """
+    infos = {name: rc.TensorInfo(name, dtype_name(t.dtype), tuple(t.shape)) for name, t in tensors.items()}
+    try:
+        RunRecord.from_json(record.to_json(), where=f"run {index}", tensors=infos)
+    except RecordError as exc:
+        return RunRecord(source=FAILED, node_id=record.node_id, error=f"the record would not read back: {exc}"), {}
+    return record, tensors
+
+
+def _add_graph_settings(record: RunRecord, graph: Graph, node_id: str) -> None:
+    """Widget settings the sampler does not report; only values of the types the record reads back are kept."""
     settings = graph.sampler_settings(node_id)
-    entry["class_type"] = settings.pop("class_type")
-    for key in ("sampler_name", "scheduler", "denoise"):
-        if key in settings:
-            entry[key] = settings[key]
-    if entry.get("steps") is None and isinstance(settings.get("steps"), int):
-        entry["steps"] = settings["steps"]
-    if entry.get("cfg") is None and isinstance(settings.get("cfg"), (int, float)):
-        entry["cfg"] = float(settings["cfg"])
-    positive, negative = graph.prompt_texts(node_id)
-    entry["positive"], entry["negative"] = positive, negative
+    record.class_type = settings["class_type"] if isinstance(settings.get("class_type"), str) else None
+    for key in ("sampler_name", "scheduler"):
+        if is_name(settings.get(key)):
+            setattr(record, key, settings[key])
+    denoise = settings.get("denoise")
+    if is_number(denoise) and 0 <= denoise <= 1:
+        record.denoise = float(denoise)
+    steps = settings.get("steps")
+    if record.steps is None and isinstance(steps, int) and not isinstance(steps, bool) and 0 <= steps <= MAX_STEPS:
+        record.steps = steps
+    if record.cfg is None and is_number(settings.get("cfg")):
+        record.cfg = float(settings["cfg"])
+    record.positive, record.negative = graph.prompt_texts(node_id)
 
 
-def _reconstructed_run(graph: Graph, ancestors: list[str], latent: dict | None) -> tuple[dict, dict] | None:
+def _reconstructed_run(ctx: SaveContext, graph: Graph, ancestors: list[str], latent: torch.Tensor | None,
+                       batch_index) -> tuple[RunRecord, dict] | None:
     """KSampler's noise rebuilt from the graph's seed and latent size, for graphs without the capture node."""
     samplers = [n for n in ancestors if graph.noise_settings(n) is not None]
     if not samplers:
@@ -132,38 +136,32 @@ def _reconstructed_run(graph: Graph, ancestors: list[str], latent: dict | None) 
     node = samplers[-1]  # the sampler nearest the image made the latent that was decoded
     settings = graph.noise_settings(node)
     seed = settings["seed"]
-    if not isinstance(seed, int) or isinstance(seed, bool):
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
         raise ReconstructionError(
             f"cannot rebuild the noise of sampler node {node}: its seed comes from another node's output; "
             "put a Raiiaf Capture Sampling node on the MODEL line to record the real noise")
-    batch_index = None
     if latent is not None:
-        shape = list(latent["samples"].shape)
-        batch_index = latent.get("batch_index")
+        shape = list(latent.shape)
     else:
         shape = graph.latent_shape(node)
         if shape is None:
             raise ReconstructionError(
                 f"cannot rebuild the noise of sampler node {node}: the latent size is not in the graph; connect "
                 "the sampler's LATENT to the save node's latent input, or use Raiiaf Capture Sampling")
-    noise = reconstruct_noise(shape, seed, batch_index) if settings["add_noise"] else torch.zeros(shape)
-    entry = {
-        "source": "reconstructed",
-        "node_id": node,
-        "seed": seed,
-        "latent_shape": shape,
-        "latent_dtype": "float32",
-        "batch_index": None if batch_index is None else [int(i) for i in batch_index],
-        "add_noise": settings["add_noise"],
-        "noise": tensor_name(0, "noise"),
-        "sigmas": None,
-        "latent_in": None,
-        "denoise_mask_tensor": None,
-    }
-    _add_graph_settings(entry, graph, node)
-    if "sampler_name" in entry:
-        entry["sampler"] = entry["sampler_name"]
-    return entry, {tensor_name(0, "noise"): noise}
+    # EmptyLatentImage gives float32 latents, and KSampler draws its noise in the latent's dtype.
+    dtype = torch.float32
+    if settings["add_noise"]:
+        noise = ctx.make_noise(shape, seed, batch_index, dtype)
+    else:
+        noise = torch.zeros(shape, dtype=dtype)
+    record = RunRecord(
+        source=RECONSTRUCTED, node_id=node, seed=seed, latent_shape=shape, latent_dtype=dtype_name(dtype),
+        noise_dtype=dtype_name(noise.dtype), empty_start=graph.latent_shape(node) is not None,
+        batch_index=batch_index, add_noise=settings["add_noise"], noise=tensor_name(0, "noise"),
+        rebuilt_by={"function": ctx.noise_maker, "comfyui_version": ctx.comfyui_version})
+    _add_graph_settings(record, graph, node)
+    record.sampler = record.sampler_name or ""
+    return _readable(0, record, {tensor_name(0, "noise"): noise})
 
 
 def _model_record(ctx: SaveContext, graph: Graph, nodes: list[str]) -> dict | None:
@@ -173,7 +171,6 @@ def _model_record(ctx: SaveContext, graph: Graph, nodes: list[str]) -> dict | No
         path = ctx.model_path(item["folder"], item["name"])
         if path is not None:
             entry["size"] = os.path.getsize(path)
-            log.info("raiiaf: sha256 of %s (%s)", item["name"], item["role"])
             entry["sha256"] = ctx.hash_cache.sha256(path, ctx.hash_progress)
         files.append(entry)
     if not files:
@@ -182,28 +179,26 @@ def _model_record(ctx: SaveContext, graph: Graph, nodes: list[str]) -> dict | No
     return {"name": main["name"], "sha256": main["sha256"], "files": files}
 
 
-def _metadata(runs: list[dict], width: int, height: int, index: int, size: int) -> dict:
+def _metadata(runs: list[RunRecord], width: int, height: int, index: int, size: int) -> dict:
     meta: dict = {"generator": dict(GENERATOR), "width": width, "height": height,
-                  "batch": {"index": index, "size": size}, "runs": runs}
-    if not runs:
+                  "batch": {"index": index, "size": size}, "runs": [run.to_json() for run in runs]}
+    if not runs or not runs[0].replayable:
         return meta
-    first = runs[0]
-    meta["noise"] = {"tensor": first["noise"], "source": first["source"]}
-    meta["seed"] = first.get("seed")
-    for key, field_name in (("positive", "prompt"), ("negative", "negative_prompt"), ("scheduler", "scheduler")):
-        if isinstance(first.get(key), str):
-            meta[field_name] = first[key]
-    sampler = first.get("sampler_name") or first.get("sampler")
-    if isinstance(sampler, str):
-        meta["sampler"] = sampler
-    if isinstance(first.get("steps"), int):
-        meta["steps"] = first["steps"]
-    if isinstance(first.get("cfg"), (int, float)):
-        meta["guidance_scale"] = float(first["cfg"])
-    if isinstance(first.get("denoise"), (int, float)):
-        meta["strength"] = float(first["denoise"])
-    if first.get("sampler_options"):
-        meta["sampler_settings"] = {"sampler": first.get("sampler"), "options": first["sampler_options"]}
+    first = runs[0]  # top-level fields describe the run that started from noise
+    meta["noise"] = {"tensor": first.noise, "source": first.source}
+    meta["seed"] = first.seed
+    for value, field_name in ((first.positive, "prompt"), (first.negative, "negative_prompt"),
+                              (first.scheduler, "scheduler"), (first.sampler_name or first.sampler, "sampler")):
+        if value:
+            meta[field_name] = value
+    if first.steps is not None:
+        meta["steps"] = first.steps
+    if first.cfg is not None:
+        meta["guidance_scale"] = first.cfg
+    if first.denoise is not None:
+        meta["strength"] = first.denoise
+    if first.sampler_options:
+        meta["sampler_settings"] = {"sampler": first.sampler, "options": first.sampler_options}
     return meta
 
 
@@ -226,25 +221,38 @@ def save_images(images: torch.Tensor, filename_prefix: str, ctx: SaveContext, *,
     ancestors = graph.ancestors(ctx.node_id) if ctx.node_id is not None else []
     captured = store.runs_for(ctx.prompt_id, [(n, graph.signature(n)) for n in ancestors])
 
+    host: dict = {"version": ctx.comfyui_version, "node_id": ctx.node_id, "prompt_id": ctx.prompt_id}
+    samples, batch_index = None, None
+    if latent is not None:
+        samples = latent.get("samples")
+        if not isinstance(samples, torch.Tensor):
+            # A nested latent (audio+video models) is several tensors; this version stores none of them.
+            host["latent_not_stored"] = f"the latent is a {type(samples).__name__} (a nested latent), not a tensor"
+            samples = None
+        if latent.get("batch_index") is not None:
+            batch_index = [int(i) for i in latent["batch_index"]]
+            host["latent_batch_index"] = batch_index
+
     runs, tensors = [], {}
     for i, run in enumerate(captured):
-        entry, run_tensors = _run_entry(i, run, graph)
-        runs.append(entry)
+        record, run_tensors = _numbered(i, run, graph)
+        runs.append(record)
         tensors.update(run_tensors)
+        if record.source == FAILED:
+            log.warning("raiiaf: run %d of save node %s was not captured (%s); the file says so", i, ctx.node_id,
+                        record.error)
     if not runs:
-        rebuilt = _reconstructed_run(graph, ancestors, latent)
+        rebuilt = _reconstructed_run(ctx, graph, ancestors, samples, batch_index)
         if rebuilt is None:
             log.warning("raiiaf: no sampler upstream of save node %s; saving without noise", ctx.node_id)
         else:
             runs.append(rebuilt[0])
             tensors.update(rebuilt[1])
-            log.info("raiiaf: no capture node upstream; noise rebuilt from seed %s", rebuilt[0]["seed"])
-    if latent is not None:
-        tensors["latent"] = latent["samples"]
+            log.info("raiiaf: no capture node upstream; noise rebuilt from seed %s by %s", rebuilt[0].seed,
+                     ctx.noise_maker)
+    if samples is not None:
+        tensors["latent"] = samples
 
-    host: dict = {"version": ctx.comfyui_version, "node_id": ctx.node_id, "prompt_id": ctx.prompt_id}
-    if latent is not None and latent.get("batch_index") is not None:
-        host["latent_batch_index"] = [int(i) for i in latent["batch_index"]]
     text_chunks: dict[str, str] = {}
     if ctx.metadata_enabled:
         if ctx.prompt is not None:

@@ -3,7 +3,7 @@
 import torch
 
 import raiiaf_core as rc
-from raiiaf_nodes.capture import CaptureStore, json_options, make_run, sampler_name_of
+from raiiaf_nodes.capture import CaptureStore, json_values, make_run, sampler_name_of
 
 
 def sample_euler():
@@ -26,11 +26,11 @@ def test_sampler_names():
     assert sampler_name_of(dpm_fast_function) == "dpm_fast"
 
 
-def test_json_options_keep_what_json_can_hold():
-    kept, dropped = json_options({"eta": 1.0, "s_noise": 1, "solver_type": "midpoint", "noise_sampler": print,
-                                  "bad": float("nan")})
+def test_json_values_keep_what_json_can_hold():
+    kept, dropped = json_values({"eta": 1.0, "s_noise": 1, "solver_type": "midpoint", "noise_sampler": print,
+                                 "bad": float("nan"), "s_tmax": float("inf"), "mask": torch.ones(1)})
     assert kept == {"eta": 1.0, "s_noise": 1, "solver_type": "midpoint"}
-    assert sorted(dropped) == ["bad", "noise_sampler"]
+    assert sorted(dropped) == ["bad", "mask", "noise_sampler", "s_tmax"]
 
 
 def test_record_holds_copies_of_the_tensors_as_received():
@@ -45,18 +45,40 @@ def test_record_holds_copies_of_the_tensors_as_received():
     expected = (noise.clone(), sigmas.clone(), latent.clone(), mask.clone())
     for t in (noise, sigmas, latent, mask):
         t.zero_()  # the sampler may change its inputs afterwards; the record must not follow
-    assert torch.equal(run.noise, expected[0]) and run.noise.dtype == torch.float16
-    assert torch.equal(run.sigmas, expected[1])
-    assert torch.equal(run.latent_in, expected[2])
-    assert torch.equal(run.denoise_mask, expected[3])
-    assert (run.seed, run.sampler, run.sampler_options, run.cfg, run.node_id) == (2**64 - 1, "euler", {"eta": 0.5},
-                                                                                   7.0, "12")
-    assert run.latent_shape == [2, 4, 8, 8] and run.latent_dtype == "float32"
-    assert run.output_sha256 == rc.tensor_sha256(output)
+    assert torch.equal(run.tensors["noise"], expected[0]) and run.tensors["noise"].dtype == torch.float16
+    assert torch.equal(run.tensors["sigmas"], expected[1])
+    assert torch.equal(run.tensors["latent_in"], expected[2])
+    assert torch.equal(run.tensors["denoise_mask"], expected[3])
+    record = run.record
+    assert (record.seed, record.sampler, record.sampler_options, record.cfg, run.node_id) == (
+        2**64 - 1, "euler", {"eta": 0.5}, 7.0, "12")
+    assert record.latent_shape == [2, 4, 8, 8] and record.steps == 2
+    assert (record.latent_dtype, record.noise_dtype, record.empty_start) == ("float32", "float16", False)
+    assert record.output_sha256 == rc.tensor_sha256(output)
 
 
 def test_empty_starting_latent_is_not_stored():
-    assert run_for("3").latent_in is None
+    run = run_for("3")
+    assert "latent_in" not in run.tensors and run.record.empty_start is True
+
+
+def test_keywords_a_newer_comfyui_sends_are_recorded():
+    run = make_run(noise=torch.zeros(1, 4, 8, 8), sigmas=torch.ones(3), seed=1, sampler_function=sample_euler,
+                   latent_image=torch.zeros(1, 4, 8, 8), latent_shapes=[torch.Size([1, 4, 8, 8])],
+                   arguments={"guidance_rescale": 0.7, "hook": print})
+    assert run.record.latent_shapes == [[1, 4, 8, 8]]
+    assert run.record.arguments == {"guidance_rescale": 0.7} and run.record.unstored_arguments == ["hook"]
+
+
+def test_a_nested_latent_is_saved_as_not_captured_with_the_reason():
+    # ComfyUI >= 0.3.67 packs the parts of a nested latent (video + audio) into (B, 1, N) before the wrapper.
+    shapes = [[1, 16, 2, 4, 4], [1, 8, 5, 16]]
+    packed = torch.randn(1, 1, 16 * 2 * 4 * 4 + 8 * 5 * 16, dtype=torch.bfloat16)
+    run = make_run(noise=packed, sigmas=torch.ones(3), seed=5, sampler_function=sample_euler,
+                   latent_image=torch.zeros_like(packed), latent_shapes=shapes, prompt_id="p", node_id="3")
+    assert run.tensors == {} and run.record.source == "failed"
+    assert "nested latent of 2 parts" in run.record.error and "cannot be replayed" in run.record.error
+    assert (run.record.latent_shapes, run.record.noise_dtype, run.record.seed) == (shapes, "bfloat16", 5)
 
 
 def test_runs_by_prompt_and_node_in_sampling_order():

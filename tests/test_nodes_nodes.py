@@ -39,7 +39,9 @@ class StandInBridge(types.ModuleType):
         self.root = root
         self.context = ("prompt-1", None)
         self.wrappers = []
+        self.failures = []
         self.samples = []
+        self.sigma_requests = []
 
     def input_dir(self):
         return str(self.root / "input")
@@ -72,10 +74,20 @@ class StandInBridge(types.ModuleType):
     def blocked(self, message):
         return ("blocked", message)
 
-    def capture_model(self, model, on_run):
-        # ComfyUI would call on_run from its OUTER_SAMPLE wrapper; the test calls it the same way.
+    NOISE_MAKER = "stand-in prepare_noise"
+
+    def capture_model(self, model, on_run, on_failure):
+        # ComfyUI would call these from its OUTER_SAMPLE wrapper; the test calls them the same way.
         self.wrappers.append(on_run)
+        self.failures.append(on_failure)
         return {"model": model, "captured": True}
+
+    def prepare_noise(self, shape, seed, batch_index, dtype):
+        return reconstruct_noise(shape, seed, batch_index, dtype) * 2  # distinct from the local copy
+
+    def ksampler_sigmas(self, model, *, steps, sampler_name, scheduler, denoise):
+        self.sigma_requests.append(dict(steps=steps, sampler_name=sampler_name, scheduler=scheduler, denoise=denoise))
+        return torch.linspace(10.0, 0.0, steps + 1)
 
     def make_sampler(self, name, options, inpaint_options):
         if name not in ("euler", "euler_ancestral", "dpmpp_2m_sde"):
@@ -184,17 +196,40 @@ def test_capture_save_load_and_resample_round_trip(bridge, graph):
     assert used["seed"] == 42 and used["cfg"] == 7.0 and torch.equal(used["sigmas"], sigmas)
 
 
-def test_load_blocks_outputs_the_file_does_not_have(bridge, graph):
+def test_without_capture_the_noise_comes_from_the_bridge_and_resample_rebuilds_the_sigmas(bridge, graph):
     bridge.context = ("prompt-2", "9")
     nodes.RaiiafSave().save(torch.rand(1, 64, 64, 3), "plain", prompt=graph, unique_id="9")  # no capture, no latent
-    loaded = nodes.RaiiafLoad().load("plain_00001_.raiiaf [output]", 0)
+    name = "plain_00001_.raiiaf [output]"
+    run = rc.open(bridge.root / "output" / "plain_00001_.raiiaf").metadata["runs"][0]
+    # Inside ComfyUI the save node rebuilds the noise with ComfyUI's own prepare_noise (through the bridge).
+    assert run["rebuilt_by"] == {"function": "stand-in prepare_noise", "comfyui_version": "0.3.64"}
+    loaded = nodes.RaiiafLoad().load(name, 0)
     outs = dict(zip(nodes.RaiiafLoad.RETURN_NAMES, loaded["result"], strict=True))
+    assert torch.equal(outs["noise"].noise, reconstruct_noise([1, 4, 64, 64], 42) * 2)
     assert outs["sigmas"][0] == "blocked" and "Raiiaf Capture Sampling" in outs["sigmas"][1]
     assert outs["latent"][0] == "blocked" and "latent input" in outs["latent"][1]
     with pytest.raises(NoiseShapeError):
         outs["noise"].generate_noise({"samples": torch.zeros(1, 4, 8, 8)})
-    with pytest.raises(NodeInputError, match="cannot be resampled exactly"):
-        nodes.RaiiafResample().resample("m", "p", "n", "plain_00001_.raiiaf [output]", 0)
+    # Resample takes a KSampler's sigmas from ComfyUI's KSampler for the recorded widgets.
+    result = nodes.RaiiafResample().resample("m", "p", "n", name, 0)
+    assert bridge.sigma_requests == [dict(steps=20, sampler_name="euler_ancestral", scheduler="karras", denoise=1.0)]
+    assert torch.equal(bridge.samples[-1]["sigmas"], torch.linspace(10.0, 0.0, 21))
+    assert result["ui"]["raiiaf_identical"] == [None]
+    assert "cannot be checked: the file holds no sampled latent" in result["ui"]["raiiaf_report"][0]
+
+
+def test_resample_refuses_rebuilt_noise_of_a_sampler_whose_sigmas_came_from_other_nodes(bridge):
+    graph = json.loads((REPO / "workflows" / "raiiaf_replay_api.json").read_text())
+    graph["6"]["inputs"]["noise"] = ["30", 0]
+    graph["30"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}}
+    graph["6"]["inputs"]["latent_image"] = ["32", 0]
+    graph["32"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    graph["31"] = {"class_type": "RaiiafSave", "inputs": {"images": ["7", 0], "latent": ["6", 0]}}
+    bridge.context = ("prompt-4", "31")
+    nodes.RaiiafSave().save(torch.rand(1, 64, 64, 3), "custom", latent={"samples": torch.zeros(1, 4, 8, 8)},
+                            prompt=graph, unique_id="31")
+    with pytest.raises(NodeInputError, match="not made by a KSampler"):
+        nodes.RaiiafResample().resample("m", "p", "n", "custom_00001_.raiiaf [output]", 0)
 
 
 def sample_my_custom():
