@@ -1,7 +1,8 @@
 """The HTTP route behind dropping a .raiiaf onto the ComfyUI canvas: the file in, its stored workflow out.
 
     POST /raiiaf/workflow?name=<file name>      body: the .raiiaf file
-    200 {"name", "workflow", "prompt", "message"}   workflow/prompt are null when the file holds none
+    200 {"name", "workflow", "prompt", "message"}   workflow/prompt are null when the file holds none;
+                                                    message says why there is no workflow (null when there is)
     400 {"error"}   not a readable .raiiaf (damaged, hostile, not one at all): raiiaf_core's message
     413 {"error"}   larger than ComfyUI's upload limit (--max-upload-size)
 
@@ -54,9 +55,9 @@ def describe(upload, name: str) -> dict:
     workflow = workflow if isinstance(workflow, dict) else None
     prompt = prompt if isinstance(prompt, dict) and prompt else None
     if workflow is not None:
-        message = f"{name}: workflow loaded"
+        message = None
     elif prompt is not None:
-        message = f"{name}: no UI workflow stored, loaded the stored API graph"
+        message = f"{name} holds no UI workflow, only the API graph it ran"
     else:
         generator = art.metadata.get("generator")
         made_by = generator.get("name") if isinstance(generator, dict) else None

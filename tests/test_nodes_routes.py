@@ -52,7 +52,7 @@ def test_the_stored_workflow_comes_back(tmp_path):
     assert status == 200
     assert answer["workflow"] == json.loads((WORKFLOWS / "raiiaf_capture_save.json").read_text())
     assert answer["prompt"] == json.loads((WORKFLOWS / "raiiaf_capture_save_api.json").read_text())
-    assert answer == dict(answer, name="fox.raiiaf", message="fox.raiiaf: workflow loaded")
+    assert answer == dict(answer, name="fox.raiiaf", message=None)
 
 
 def test_a_file_without_a_workflow_says_why(tmp_path, small_file):
@@ -65,7 +65,7 @@ def test_a_file_without_a_workflow_says_why(tmp_path, small_file):
     only_prompt = comfyui_file(tmp_path, host={"comfyui": {"prompt": {"1": {"class_type": "X", "inputs": {}}}}})
     status, answer = post(only_prompt)
     assert answer["workflow"] is None and answer["prompt"] == {"1": {"class_type": "X", "inputs": {}}}
-    assert answer["message"] == "fox.raiiaf: no UI workflow stored, loaded the stored API graph"
+    assert answer["message"] == "fox.raiiaf holds no UI workflow, only the API graph it ran"
 
 
 def test_damaged_and_foreign_files_are_a_clear_400(tmp_path):

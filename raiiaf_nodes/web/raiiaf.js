@@ -62,19 +62,22 @@ async function openDropped(file) {
   const name = await uploadRaiiaf(file);
   offerInReplayNodes(name);
   const title = file.name.replace(/\.raiiaf$/i, "");
+  const uploaded = `uploaded as ${name} for Raiiaf Load Replay.`;
   if (answer.workflow) {
     await app.loadGraphData(answer.workflow, true, true, title);
+    notify("info", `Loaded the workflow of ${file.name}; ${uploaded}`);
   } else if (answer.prompt && app.loadApiJson) {
     app.loadApiJson(answer.prompt, title);
+    notify("info", `${answer.message}: loaded that graph; ${uploaded}`);
   } else {
-    notify("warn", `${answer.message}. Uploaded as ${name} for Raiiaf Load Replay.`);
-    return;
+    notify("warn", `${answer.message}. Not loaded; ${uploaded}`);
   }
-  notify("info", `${answer.message}; uploaded as ${name} for Raiiaf Load Replay.`);
 }
 
-// The frontend's own drop handler (a bubbling listener on document) would take a .raiiaf for an unknown file
-// type; this listener runs first (capture phase on window) and stops the event for .raiiaf files only.
+// The frontend's own drop handler (a bubbling listener on document) would call a .raiiaf a file without a
+// workflow. It does not look at event.defaultPrevented (neither in frontend 1.27.10 nor in 1.35.9: it calls
+// preventDefault itself), so marking the event is not enough: this listener runs first (capture phase on
+// window) and stops the event, for .raiiaf files only.
 window.addEventListener(
   "drop",
   (event) => {
@@ -99,7 +102,6 @@ function addUploadButton(node) {
     try {
       const name = await uploadRaiiaf(picker.files[0]);
       offerInReplayNodes(name);
-      if (!fileWidget.options.values.includes(name)) fileWidget.options.values.push(name);
       fileWidget.value = name;
       fileWidget.callback?.(name);
       node.setDirtyCanvas?.(true, true);
@@ -124,6 +126,9 @@ function showReport(node, text) {
     widget = app.widgets.STRING(node, "report", ["STRING", { multiline: true }], app).widget;
     widget.serialize = false;
     if (widget.element) widget.element.readOnly = true;
+    // A few lines of report; the rest of the node is left to the file's picture below it (Raiiaf Load Replay).
+    widget.options.getMinHeight = () => 60;
+    widget.options.getMaxHeight = () => 160;
   }
   widget.value = text;
   node.setDirtyCanvas?.(true, true);

@@ -72,9 +72,9 @@ def browser():
 def screenshots(request, tmp_path_factory):
     folder = Path(os.environ.get("RAIIAF_BROWSER_SCREENSHOTS") or tmp_path_factory.mktemp("browser_screenshots"))
     folder.mkdir(parents=True, exist_ok=True)
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"raiiaf browser test: screenshots in {folder}")
+    # Printed past pytest's output capture, so it shows on a passing run too.
+    with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print(f"\nraiiaf browser test: screenshots in {folder}", flush=True)
     return folder
 
 
@@ -215,7 +215,11 @@ def test_2_dropping_a_file_loads_its_workflow_and_uploads_it(session, tmp_path):
     dropped = tmp_path / "dropped fox.raiiaf"
     shutil.copyfile(session.saved, dropped)
     session.drop(dropped)
-    message = session.toast("workflow loaded")
+    message = session.toast("Loaded the workflow of dropped fox.raiiaf")
+    # Only ours: the frontend's own drop handler (which would call it a file without a workflow) never ran.
+    session.page.wait_for_timeout(1000)
+    assert session.page.evaluate("() => [...document.querySelectorAll('.p-toast-message')].map(e => e.textContent)") \
+        == [message]
     stored = rc.open(dropped).metadata["host"]["comfyui"]["workflow"]
     assert sorted(map(tuple, session.nodes())) == sorted((n["id"], n["type"]) for n in stored["nodes"])
     assert session.widget(3, "steps") == 4 and session.widget(9, "filename_prefix") == "browser/fox"
@@ -285,14 +289,16 @@ def test_4_replay_shows_the_report_and_the_picture(session):
     session.page.wait_for_function("() => app.graph.getNodeById(1).imgs?.[0]?.naturalWidth > 0")
     width = session.page.evaluate("() => app.graph.getNodeById(1).imgs[0].naturalWidth")
     assert width == 1024  # raiiaf_core.view's picture
-    # For the README: the two replay nodes side by side, the picture large enough to read.
+    # For the README: the two replay nodes side by side, away from the rest, the picture large enough to read.
+    session.page.set_viewport_size({"width": 1100, "height": 1000})
     session.page.evaluate("""() => {
-        const load = app.graph.getNodeById(1), resample = app.graph.getNodeById(9);
-        load.setSize([640, 1000]);
-        resample.pos = [load.pos[0] + load.size[0] + 40, load.pos[1] + 60];
-        resample.setSize([420, resample.size[1]]);
-        app.canvas.ds.scale = 0.82;
-        app.canvas.ds.offset = [30 - load.pos[0], 50 - load.pos[1]];
+        const load = app.graph.getNodeById(1), resample = app.graph.getNodeById(9), scale = 0.78;
+        load.pos = [-5000, 0];
+        load.setSize([640, 1010]);
+        resample.pos = [-5000 + 690, 60];
+        resample.setSize([470, 230]);
+        app.canvas.ds.scale = scale;
+        app.canvas.ds.offset = [100 / scale + 5000, 125 / scale];
         app.canvas.setDirty(true, true);
     }""")
     session.shot("4_replayed")
