@@ -3,6 +3,7 @@ with rc.write, or re-assembled like bench/fuzz.py does), verdicts only from what
 the capture could not record, and the record format shared by the writer and the reader."""
 
 import copy
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import raiiaf_core as rc
 from raiiaf_nodes.capture import CaptureStore, failed_run, make_run
@@ -306,3 +309,35 @@ def test_the_noise_maker_is_a_parameter_and_is_recorded(tmp_path):
     assert run["rebuilt_by"] == {"function": "comfy.sample.prepare_noise", "comfyui_version": "0.8.0"}
     assert (run["noise_dtype"], run["latent_dtype"]) == ("float32", "float32")
     assert RunRecord.from_json(run, where="x", tensors={"run0.noise": art.tensor_info("run0.noise")}).rebuilt_by
+
+
+# -- semantic fuzzing: any value in any field ends in the file's data or a raiiaf error ------------------
+
+TENSOR_NAMES = ("run0.noise", "run0.sigmas", "latent", "missing")
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12) | st.sampled_from(TENSOR_NAMES),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12)
+RUN_FIELDS = st.sampled_from(sorted({f.name for f in dataclasses.fields(RunRecord)} | {"unknown_field"}))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(RUN_FIELDS, JSON_VALUES, min_size=1, max_size=3),
+       top=st.dictionaries(st.sampled_from(["batch", "seed", "steps"]), JSON_VALUES, max_size=1))
+def test_records_mutated_anyhow_give_their_data_or_a_raiiaf_error(honest, changes, top):
+    path, output = honest
+    try:
+        edited = rewritten(path, lambda m: (m["runs"][0].update(changes), m.update(top)))
+    except rc.MetadataError:
+        return  # the writer itself refuses it: no file to read
+    art = rc.open(edited)
+    try:
+        run = load_run(art)
+        identical, verdict = compare_output(output.clone(), run, art)
+    except rc.RaiiafError:
+        return
+    assert identical in (True, False, None) and isinstance(verdict, str)
+    assert run.steps <= 10_000 and run.noise.numel() == 1 * 4 * 8 * 8
+    if run.latent_in is not None:
+        assert run.latent_in.shape == run.noise.shape

@@ -3,8 +3,11 @@
 
 `start(base)` lays out a scratch base directory (this repository linked into custom_nodes/, a checkpoint in
 models/checkpoints/), starts ComfyUI on 127.0.0.1 (CPU) and yields a `Comfy` client; leaving the block stops
-it. RAIIAF_COMFYUI_PATH names the ComfyUI checkout, RAIIAF_COMFYUI_PYTHON the python that runs it (default:
-this one), RAIIAF_COMFYUI_CHECKPOINT an existing checkpoint to link instead of building one.
+it. `targets()` lists the ComfyUI trees to run against: RAIIAF_COMFYUI_HARNESS names one or more harness
+folders written by build_harness.py (os.pathsep-separated: `/h/a:/h/b`), each with its ComfyUI checkout,
+python and cached checkpoint; without it, RAIIAF_COMFYUI_PATH names one ComfyUI checkout,
+RAIIAF_COMFYUI_PYTHON the python that runs it (default: this one) and RAIIAF_COMFYUI_CHECKPOINT an existing
+checkpoint to link instead of building one.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -19,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 COMFY = os.environ.get("RAIIAF_COMFYUI_PATH")
@@ -26,8 +31,41 @@ PYTHON = os.environ.get("RAIIAF_COMFYUI_PYTHON", sys.executable)
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 CKPT = "tiny_sd15.safetensors"
+HARNESS_FILE = "harness.json"
 START_TIMEOUT_S = 240
 PROMPT_TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class Target:
+    """One ComfyUI to test against."""
+
+    comfyui: str
+    python: str
+    checkpoint: str | None
+    version: str
+
+
+def comfyui_version(comfy: str | os.PathLike) -> str:
+    """The version a ComfyUI checkout declares in comfyui_version.py (read as text: nothing is imported)."""
+    text = (Path(comfy) / "comfyui_version.py").read_text(encoding="utf-8")
+    found = re.search(r"__version__\s*=\s*[\"']([^\"']+)", text)
+    if not found:
+        raise RuntimeError(f"{comfy}/comfyui_version.py names no __version__")
+    return found.group(1)
+
+
+def targets() -> list[Target]:
+    """The ComfyUI trees named by the environment (see the module docstring), in the order given."""
+    harnesses = [h for h in os.environ.get("RAIIAF_COMFYUI_HARNESS", "").split(os.pathsep) if h]
+    found = []
+    for harness in harnesses:
+        record = json.loads((Path(harness) / HARNESS_FILE).read_text(encoding="utf-8"))
+        found.append(Target(record["comfyui"], record["python"], record["checkpoint"],
+                            comfyui_version(record["comfyui"])))
+    if not found and COMFY:
+        found.append(Target(COMFY, PYTHON, os.environ.get("RAIIAF_COMFYUI_CHECKPOINT"), comfyui_version(COMFY)))
+    return found
 
 
 class Comfy:
@@ -95,6 +133,14 @@ def needs_torchvision_shim(python: str = PYTHON) -> bool:
     return probe.returncode != 0 and "torchvision::nms" in probe.stderr
 
 
+def install_custom_nodes(base: Path, python: str) -> None:
+    """custom_nodes/ of a scratch base directory: this repository, and the torchvision stand-in where needed."""
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "raiiaf").symlink_to(REPO, target_is_directory=True)
+    if needs_torchvision_shim(python):
+        (base / "custom_nodes" / "torchvision_shim").symlink_to(HERE / "torchvision_shim", target_is_directory=True)
+
+
 @contextlib.contextmanager
 def start(base: Path, *, comfy: str | None = COMFY, python: str = PYTHON, extra_args=(),
           checkpoint: str | None = None, env: dict | None = None):
@@ -107,10 +153,7 @@ def start(base: Path, *, comfy: str | None = COMFY, python: str = PYTHON, extra_
     if not comfy:
         raise RuntimeError("no ComfyUI checkout: set RAIIAF_COMFYUI_PATH")
     base = Path(base)
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "raiiaf").symlink_to(REPO, target_is_directory=True)
-    if needs_torchvision_shim(python):
-        (base / "custom_nodes" / "torchvision_shim").symlink_to(HERE / "torchvision_shim", target_is_directory=True)
+    install_custom_nodes(base, python)
     checkpoints = base / "models" / "checkpoints"
     checkpoints.mkdir(parents=True)
     given = checkpoint or os.environ.get("RAIIAF_COMFYUI_CHECKPOINT")
