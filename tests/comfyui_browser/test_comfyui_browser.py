@@ -1,9 +1,10 @@
 """Opt-in test of the raiiaf web extension in a real browser against a real ComfyUI, for one or more trees.
 
 Headless Chromium (Debian's `chromium`; RAIIAF_CHROMIUM names another binary) is driven with Playwright
-(`pip install ".[browser]"`; no browser is downloaded). Skipped unless RAIIAF_COMFYUI_PATH names one or more
-ComfyUI checkouts (os.pathsep-separated), with RAIIAF_COMFYUI_PYTHON the pythons that run them, in the same
-order (default: this one). For each tree, one ComfyUI is started (tests/comfyui_real/comfyui_server.py) and:
+(`pip install ".[browser]"`; no browser is downloaded). The ComfyUI trees are the ones the real-ComfyUI test
+uses (comfyui_server.targets(): RAIIAF_COMFYUI_HARNESS, harness folders written by build_harness.py, or
+RAIIAF_COMFYUI_PATH + RAIIAF_COMFYUI_PYTHON for one tree); skipped without them. For each tree, one ComfyUI is
+started (tests/comfyui_real/comfyui_server.py) and:
 
 1. the capture + save workflow is loaded in the page and queued: ComfyUI writes a .raiiaf holding it;
 2. that file is dropped onto the canvas: its workflow's nodes are on the canvas and the file is in the input
@@ -14,8 +15,7 @@ order (default: this one). For each tree, one ComfyUI is started (tests/comfyui_
 
 Screenshots go to RAIIAF_BROWSER_SCREENSHOTS (default: a temporary folder); the test prints where.
 
-    RAIIAF_COMFYUI_PATH=/path/ComfyUI-a:/path/ComfyUI-b RAIIAF_COMFYUI_PYTHON=/venv-a/bin/python:/venv-b/bin/python \
-        python -m pytest tests/comfyui_browser -v
+    RAIIAF_COMFYUI_HARNESS=/path/harness-a:/path/harness-b python -m pytest tests/comfyui_browser -v
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ import raiiaf_core as rc
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "comfyui_real"))
-from comfyui_server import CKPT, PROMPT_TIMEOUT_S, REPO, Comfy, start  # noqa: E402
+from comfyui_server import CKPT, PROMPT_TIMEOUT_S, REPO, Comfy, start, targets  # noqa: E402
 
-TREES = [t for t in os.environ.get("RAIIAF_COMFYUI_PATH", "").split(os.pathsep) if t]
-PYTHONS = [p for p in os.environ.get("RAIIAF_COMFYUI_PYTHON", "").split(os.pathsep) if p] or [sys.executable] * len(TREES)
+TARGETS = targets()
 CHROMIUM = os.environ.get("RAIIAF_CHROMIUM", "/usr/bin/chromium")
 # --headless etc. as the issue asks; the rest keep Chromium from reaching for a network this machine lacks.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
@@ -45,16 +44,10 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 WORKFLOWS = REPO / "workflows"
 PAGE_TIMEOUT_MS = 120_000
 
-pytestmark = pytest.mark.skipif(not TREES, reason="set RAIIAF_COMFYUI_PATH (and RAIIAF_COMFYUI_PYTHON) to run the "
-                                                  "browser test against real ComfyUI trees")
-if TREES and len(PYTHONS) != len(TREES):
-    raise RuntimeError("RAIIAF_COMFYUI_PYTHON must name one python per tree in RAIIAF_COMFYUI_PATH")
+pytestmark = pytest.mark.skipif(not TARGETS, reason="set RAIIAF_COMFYUI_HARNESS (or RAIIAF_COMFYUI_PATH and "
+                                                    "RAIIAF_COMFYUI_PYTHON) to run against real ComfyUI trees")
 
 NODES = "(app.graph.nodes ?? app.graph._nodes)"  # frontend 1.35 / 1.27
-
-
-def tree_id(tree: str) -> str:
-    return Path(tree).name
 
 
 @pytest.fixture(scope="session")
@@ -168,12 +161,13 @@ class Session:
         raise AssertionError(f"clicking the upload button of node {node_id} opened no file dialog: {last}")
 
 
-@pytest.fixture(scope="module", params=range(len(TREES)), ids=[tree_id(t) for t in TREES])
+@pytest.fixture(scope="module", params=TARGETS, ids=lambda t: f"comfyui-{t.version}")
 def session(request, browser, screenshots, tmp_path_factory):
-    tree, python = TREES[request.param], PYTHONS[request.param]
-    shots = screenshots / tree_id(tree)
+    target = request.param
+    shots = screenshots / f"comfyui-{target.version}"
     shots.mkdir(exist_ok=True)
-    with start(tmp_path_factory.mktemp("comfyui_base"), comfy=tree, python=python) as comfy:
+    with start(tmp_path_factory.mktemp("comfyui_base"), comfy=target.comfyui, python=target.python,
+               checkpoint=target.checkpoint) as comfy:
         comfy.request("/settings/Comfy.TutorialCompleted", True)  # no template gallery over the canvas
         context = browser.new_context(viewport={"width": 1400, "height": 900})
         page = context.new_page()
