@@ -1,4 +1,4 @@
-"""The `raiiaf` command: inspect, verify, extract, pack, diff and env.
+"""The `raiiaf` command: inspect, verify, extract, pack, diff, view and env.
 
 Exit codes: 0 success; 1 a file failed verification, differs (diff) or could not be read; 2 bad usage.
 """
@@ -65,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("b", type=Path)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_diff)
+
+    p = sub.add_parser("view", help="draw one picture of a file: image, noise, latents, sigma schedule, caption")
+    p.add_argument("file", type=Path)
+    p.add_argument("-o", "--output", type=Path, help="PNG to write (default: FILE with .view.png, next to it)")
+    p.set_defaults(run=cmd_view)
 
     p = sub.add_parser("env", help="print the current environment as it would be recorded")
     p.add_argument("--json", action="store_true")
@@ -332,6 +337,17 @@ def cmd_diff(args) -> int:
     print(f"image    {'equal' if result['image_equal'] else 'different'}")
     print(drift(a.environment, b.environment))
     return 1
+
+
+def cmd_view(args) -> int:
+    from .view import render
+
+    view = render(open_artifact(args.file))
+    print(_write_bytes(args.output or args.file.with_name(args.file.name.removesuffix(".raiiaf") + ".view.png"),
+                       view.png()))
+    for problem in view.problems:
+        print(f"raiiaf: {problem}", file=sys.stderr)
+    return 1 if view.problems else 0
 
 
 def cmd_env(args) -> int:

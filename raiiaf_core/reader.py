@@ -288,6 +288,17 @@ class Artifact:
             else:
                 self._raw(entry)
 
+    def view(self):
+        """One picture of the file as a PIL image: the image, noise, latents, sigma schedule, caption (view.py)."""
+        from .view import render
+
+        return render(self).image
+
+    def _repr_png_(self) -> bytes:  # the picture in Jupyter and IPython
+        from .view import render
+
+        return render(self).png()
+
     def __repr__(self) -> str:
         return f"<raiiaf.Artifact {self.name} v{self.version[0]}.{self.version[1]} tensors={self.tensor_names}>"
 

@@ -274,3 +274,13 @@ def sample(model, positive, negative, *, noise, sigmas, seed, sampler, cfg, late
     return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent_in,
                                       noise_mask=denoise_mask, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
                                       seed=seed)
+
+
+def register_routes() -> None:
+    """Add the plugin's HTTP route (routes.py: a dropped .raiiaf -> its workflow) to ComfyUI's running server,
+    with ComfyUI's own upload limit."""
+    import server
+
+    from . import routes
+
+    routes.add_to(server.PromptServer.instance.routes, max_bytes=round(args.max_upload_size * 1024 * 1024))

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from pathlib import Path
 
 import raiiaf_core as rc
+from raiiaf_core.view import render
 
 from .capture import STORE, failed_run, make_run
 from .errors import NodeInputError
@@ -21,7 +23,7 @@ from .hashing import FileHashCache
 from .noise import StoredNoise
 from .paths import list_raiiaf_files, resolve_annotated
 from .replay import compare_output, drift_report, image_tensor, load_run, rebuilt_sigma_settings, stored_latent
-from .save import SaveContext, save_images
+from .save import PREVIEW_SUBFOLDER, SaveContext, save_images
 
 CATEGORY = "raiiaf"
 WEB_DIRECTORY = str(Path(__file__).resolve().with_name("web"))  # the frontend extension (upload, report)
@@ -57,6 +59,15 @@ def _file_path(file: str):
 def _file_input() -> tuple:
     bridge = _bridge()
     return (list_raiiaf_files(bridge.input_dir(), bridge.output_dir()), {"tooltip": _FILE_TOOLTIP})
+
+
+def _view_preview(art: rc.Artifact) -> dict:
+    """The file's picture (raiiaf_core.view) as a PNG in ComfyUI's temp folder, named by the file's content."""
+    folder = Path(_bridge().temp_dir()) / PREVIEW_SUBFOLDER / "view"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{_FILE_HASHES.sha256(art.path)[:32]}.png"
+    (folder / name).write_bytes(render(art).png())
+    return {"filename": name, "subfolder": f"{PREVIEW_SUBFOLDER}/view", "type": "temp"}
 
 
 def _validate_file(file: str) -> bool | str:
@@ -203,7 +214,7 @@ class RaiiafLoad:
         result = (StoredNoise(stored.noise, stored.seed), sigmas, sampler, latent_in, latent, image_tensor(art),
                   stored.seed if stored.seed is not None else 0, stored.steps, stored.cfg, stored.sampler_name,
                   record.scheduler or "", record.positive or "", record.negative or "")
-        return {"ui": {REPORT_KEY: [report]}, "result": result}
+        return {"ui": {REPORT_KEY: [report], "images": [_view_preview(art)]}, "result": result}
 
 
 class RaiiafResample:
@@ -276,3 +287,13 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "RaiiafLoad": "Raiiaf Load Replay",
     "RaiiafResample": "Raiiaf Resample (exact replay)",
 }
+
+
+def _serving() -> bool:
+    # ComfyUI starts its PromptServer before it imports node packs; anywhere else (tests, scripts) there is none.
+    server = sys.modules.get("server")
+    return getattr(getattr(server, "PromptServer", None), "instance", None) is not None
+
+
+if _serving():  # inside ComfyUI, whichever way the pack is installed: the route a dropped .raiiaf is sent to
+    _bridge().register_routes()

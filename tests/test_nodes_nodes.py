@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import raiiaf_core as rc
 import raiiaf_nodes
@@ -182,6 +183,10 @@ def test_capture_save_load_and_resample_round_trip(bridge, graph):
         42, 4, 7.0, "euler_ancestral", "karras")
     assert outs["positive"] == graph["6"]["inputs"]["text"] and outs["negative"] == graph["7"]["inputs"]["text"]
     assert loaded["ui"]["raiiaf_report"][0].startswith("environment")
+    (preview,) = loaded["ui"]["images"]  # the node's preview: the file's picture (raiiaf_core.view)
+    assert preview["type"] == "temp" and preview["subfolder"] == "raiiaf_previews/view"
+    shown = Image.open(bridge.root / "temp" / preview["subfolder"] / preview["filename"])
+    assert shown.tobytes() == rc.open(saved).view().tobytes()
 
     result = nodes.RaiiafResample().resample("the model", "pos", "neg", file, 0)
     assert torch.equal(result["result"][0]["samples"], output)
