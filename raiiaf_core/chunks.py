@@ -77,8 +77,7 @@ class JsonChunk(ChunkType):
         if entry.size > limits.max_json_bytes:
             raise LimitExceededError(f"{art.describe(entry)} is {entry.size:,} bytes of JSON, over "
                                      f"Limits.max_json_bytes={limits.max_json_bytes:,}")
-        value = layout.decode_json(art.decoded(entry), f"{self.type} chunk", art.name,
-                                   limits)
+        value = layout.decode_json(art.decoded(entry), f"{self.type} chunk", art.name, limits)
         if type(value) is not dict:
             raise CorruptFileError(f"{art.describe(entry)} is not a JSON object")
         return value
@@ -113,8 +112,8 @@ class ImageChunk(ChunkType):
         # A format this reader does not know (from a newer writer) fails when the image is read, not here:
         # the rest of the file stays readable.
         if fmt in images.MEDIA_TYPES and media_type not in (None, images.MEDIA_TYPES[fmt]):
-            raise CorruptFileError(f"{art.describe(fields)}: index gives media_type {media_type[:40]!r} for a {fmt} image "
-                                   f"(expected {images.MEDIA_TYPES[fmt]!r})")
+            raise CorruptFileError(f"{art.describe(fields)}: index gives media_type {media_type[:40]!r} for a {fmt} "
+                                   f"image (expected {images.MEDIA_TYPES[fmt]!r})")
         width, height = fields.get("width"), fields.get("height")
         if width is None and height is None:
             return layout.new_record(ImageSpec, (fmt, None))
