@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .cli import environment_headline
+from .report import environment_headline
 from .errors import RaiiafError
 
 WIDTH = 1024
@@ -163,7 +163,7 @@ class _Reader:
         if info.dtype in _RAW_DTYPES and info.nbytes > MAX_TENSOR_BYTES:
             return None, f"{name} not drawn: {info.nbytes:,} bytes, over the view's limit of {MAX_TENSOR_BYTES:,}"
         try:
-            payload, _ = self.art._checked_tensor(name)
+            payload = self.art.tensor_bytes(name)
         except RaiiafError as exc:
             self.problems.append(str(exc))
             return None, f"{name} not drawn: it could not be read (see the caption)"
