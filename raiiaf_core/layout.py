@@ -39,6 +39,9 @@ class Limits:
     max_json_depth: int = 200
     max_chunks: int = 100_000
     max_v1_output: int = 1 << 30  # bytes a v1 file may decompress to, all chunks together
+    # raiiaf_diffusers replay: the most timesteps a stored scheduler config or call may make a replay allocate
+    # or run (num_train_timesteps, num_inference_steps, timesteps/sigmas lists, steps run).
+    max_replay_steps: int = 10_000
 
 
 DEFAULT_LIMITS = Limits()

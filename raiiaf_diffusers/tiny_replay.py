@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     import safetensors.torch
 
     from . import tiny
-    from .capture import png_bytes
+    from ._output import png_bytes
     from .replay import replay
 
     pipes = {}

@@ -112,11 +112,14 @@ def test_flux_noise_is_stored_unpacked_and_replayed_packed(replayed):
 
 
 def test_sde_files_restore_the_global_rng(replayed):
-    # DPMSolverSDEScheduler seeds its Brownian tree from the global torch RNG; the file holds that state
+    # DPMSolverSDEScheduler seeds its Brownian tree from the global torch RNG (torch.randint, not randn_tensor):
+    # the file holds that RNG's state at the start of the call, and says that the tape could not see the use
     art = rc.open(replayed[("sd", "dpmpp_sde")]["path"])
     rec = art.metadata["host"]["diffusers"]
     assert rec["scheduler"]["class"] == "DPMSolverSDEScheduler"
-    assert rec["global_rng"]["restore"] == "at_start"
-    assert art.tensor_info(rec["global_rng"]["cpu"]["at_start"]).dtype == "uint8"
+    cpu = rec["rng"]["global"][0]
+    assert cpu["device"] == "cpu" and cpu["after_noise"] is None  # the noise came from the generator
+    assert art.tensor_info(cpu["at_start"]).dtype == "uint8"
+    assert {"stream": "global", "index": 0, "before": None} in rec["rng"]["untracked"]
     sde2m = rc.open(replayed[("sdxl", "dpmpp_2m_sde")]["path"]).metadata["host"]["diffusers"]
     assert sde2m["scheduler"]["config"]["algorithm_type"] == "sde-dpmsolver++"
