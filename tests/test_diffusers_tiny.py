@@ -40,7 +40,7 @@ def generate(pipe, kind: str, seed: int = 3):
                 output_type="pt")
     if type(pipe).__name__.endswith("ModularPipeline"):
         return pipe(prompt="a painting of a cat", output="images", **args)
-    return pipe("a painting of a cat", **args).images
+    return pipe(prompt="a painting of a cat", **args).images
 
 
 def expected_size(kind: str) -> tuple[int, int]:
