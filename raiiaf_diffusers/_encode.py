@@ -86,11 +86,11 @@ def validate(obj: Any, where: str, tensor: Callable[[str, str], tuple], fail: Ca
     ``tensor(name, where)`` checks a ``$tensor``/``$ndarray``/``$image`` reference (that the file holds it, once)
     and returns its (dtype, shape); ``fail(where, message)`` raises. Afterwards ``decode`` cannot fail on ``obj``.
     """
-    stack = [(obj, where)]
+    stack = [(obj, where)]  # depth first, in document order, so the first bad value is the one reported
     while stack:
         value, at = stack.pop()
         if isinstance(value, list):
-            stack.extend((v, f"{at}.{i}") for i, v in enumerate(value))
+            stack.extend(reversed([(v, f"{at}.{i}") for i, v in enumerate(value)]))
             continue
         if not isinstance(value, dict):
             if isinstance(value, float) and not math.isfinite(value):
@@ -98,7 +98,7 @@ def validate(obj: Any, where: str, tensor: Callable[[str, str], tuple], fail: Ca
             continue
         tags = [k for k in value if k.startswith("$")]
         if not tags:
-            stack.extend((v, f"{at}.{k}") for k, v in value.items())
+            stack.extend(reversed([(v, f"{at}.{k}") for k, v in value.items()]))
             continue
         tag = tags[0]
         allowed = {"$tuple": {"$tuple"}, "$float": {"$float"}, "$tensor": {"$tensor", "device"},
@@ -109,7 +109,7 @@ def validate(obj: Any, where: str, tensor: Callable[[str, str], tuple], fail: Ca
         if tag == "$tuple":
             if not isinstance(payload, list):
                 fail(at, "$tuple must hold a list")
-            stack.extend((v, f"{at}.{i}") for i, v in enumerate(payload))
+            stack.extend(reversed([(v, f"{at}.{i}") for i, v in enumerate(payload)]))
         elif tag == "$float":
             if payload not in _FLOATS:
                 fail(at, f"$float must be one of {', '.join(_FLOATS)}")
@@ -163,23 +163,6 @@ def decode(obj: Any, load: Callable[[str], Any], device: torch.device | None = N
     if "$dtype" in obj:
         return getattr(torch, obj["$dtype"])
     return {k: decode(v, load, device) for k, v in obj.items()}
-
-
-def tensor_names(obj: Any) -> list[str]:
-    """The tensors an encoded value refers to, in order."""
-    names, stack = [], [obj]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, list):
-            stack.extend(reversed(value))
-        elif isinstance(value, dict):
-            for tag in ("$tensor", "$ndarray", "$image"):
-                if tag in value:
-                    names.append(value[tag])
-                    break
-            else:
-                stack.extend(reversed(list(value.values())))
-    return names
 
 
 def plain(value: Any) -> Any:
