@@ -35,7 +35,7 @@ _scanned_modules = -1
 _namespaces: tuple[dict, ...] = ()
 
 
-def holds_randn(namespace: dict) -> bool:
+def _holds_randn(namespace: dict) -> bool:
     value = namespace.get(NAME)
     if value is ORIGINAL or getattr(value, _MARK, False):  # ours: another recording installed it
         return True
@@ -56,7 +56,7 @@ def randn_namespaces() -> tuple[dict, ...]:
             found = []
             for module in list(sys.modules.values()):
                 namespace = getattr(module, "__dict__", None)
-                if isinstance(namespace, dict) and holds_randn(namespace):
+                if isinstance(namespace, dict) and _holds_randn(namespace):
                     found.append(namespace)
             _namespaces = tuple(found)
             _scanned_modules = count

@@ -18,7 +18,6 @@ draws. All of it is pass-through: the pipeline computes exactly what it computes
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 import threading
@@ -29,7 +28,7 @@ from diffusers.callbacks import PipelineCallback
 
 import raiiaf_core as rc
 
-from . import _hooks, _intercept, _pipeline
+from . import _hooks, _intercept
 from ._recorder import CallRecorder
 from .captured import CapturedCall
 from .errors import CaptureError
@@ -108,18 +107,12 @@ class RaiiafCapture(PipelineCallback):
         """Record every call of ``pipe`` made in this block, in this thread (pass ``callback_on_step_end=capture``
         when the pipeline has that argument).
 
-        Raises CaptureError up front when the pipeline's initial noise cannot be intercepted.
+        Calls whose arguments cannot be recorded raise CaptureError before anything is generated. What
+        turns out unrecordable during a call (no initial noise drawn through randn_tensor, ...) never
+        costs the images: the file is written and says why it cannot be replayed (``not_replayable``).
         Everything swapped is restored on exit, also when the pipeline raises.
         """
         cls = type(pipe)
-        prepare = getattr(cls, "prepare_latents", None)
-        if prepare is not None and not _pipeline.is_modular(pipe):
-            namespace = getattr(inspect.unwrap(prepare), "__globals__", None)
-            if not isinstance(namespace, dict) or not _intercept.holds_randn(namespace):
-                raise CaptureError(
-                    f"{cls.__name__}.prepare_latents does not draw its noise through diffusers' randn_tensor, "
-                    "so the initial noise cannot be captured"
-                )
         state = _hooks.thread_state()
         entry = (pipe, self)
         with _intercept.draws(), _intercept.calls(cls):

@@ -293,15 +293,24 @@ def test_clear_errors_instead_of_incomplete_files(sd, tmp_path):
     _swaps_restored(sd)
 
     class OwnNoisePipeline(diffusers.StableDiffusionPipeline):
-        # draws with torch.randn directly: its module globals have no randn_tensor to intercept
+        # draws with torch.randn directly: no randn_tensor call, so no initial noise for the tape
         def prepare_latents(self, batch_size, num_channels_latents, height, width, dtype, device, generator, latents=None):
             shape = (batch_size, num_channels_latents, height // self.vae_scale_factor, width // self.vae_scale_factor)
             return torch.randn(shape, generator=generator, dtype=dtype) * self.scheduler.init_noise_sigma
 
     own = OwnNoisePipeline(**sd.components, requires_safety_checker=False)
-    with pytest.raises(CaptureError, match="initial noise cannot be captured"):
-        with capture.recording(own):
-            pass
+    own.scheduler = tiny.scheduler("ddim", SD_CONFIG)
+    capture = RaiiafCapture(tmp_path / "own.raiiaf")
+    with capture.recording(own):
+        image = _call(own, capture).images[0]  # the caller keeps the image ...
+    art = rc.open(capture.paths[0])  # ... and the file says what could not be recorded
+    rec = art.metadata["host"]["diffusers"]
+    assert art.image().tobytes() == image.tobytes()
+    assert rec["not_replayable"] == "OwnNoisePipeline drew no initial noise through randn_tensor during the call"
+    assert rec["noise"] is None and "noise" not in art.metadata and "noise" not in art.tensor_names
+    assert {"stream": "generator", "index": 0, "before": None} in rec["rng"]["untracked"]
+    with pytest.raises(ReplayError, match="drew no initial noise through randn_tensor"):
+        replay(own, capture.paths[0])
     _swaps_restored(sd)
 
 

@@ -5,7 +5,6 @@ replay() must never call such a file bit-exact, never allocate or run far beyond
 records, and refuse each one with ReplayError naming the file and the field, never a foreign exception.
 """
 
-import copy
 import time
 
 import pytest
@@ -15,6 +14,8 @@ pytest.importorskip("diffusers")
 
 import raiiaf_core as rc  # noqa: E402
 from raiiaf_diffusers import RaiiafCapture, RecordError, ReplayError, replay, tiny  # noqa: E402
+
+from diffusers_edit import rewrite  # noqa: E402
 
 
 # Smaller than tiny.CALL_ARGS where the pipeline allows: every test here generates at least once.
@@ -41,23 +42,6 @@ def files(sd, tmp_path_factory):
     folder = tmp_path_factory.mktemp("hostile")
     return {"a": _capture(sd, "sd", folder / "a.raiiaf"), "b": _capture(sd, "sd", folder / "b.raiiaf", seed=8),
             "folder": folder}
-
-
-def rewrite(src, dst, *, record=None, metadata=None, tensors=None, image=None):
-    """Write `src` again as `dst` with edits: `record(rec)` / `metadata(md)` edit in place, `tensors` replaces
-    some tensors, `image` replaces the image bytes. rc.write computes every checksum anew."""
-    art = rc.open(src)
-    md = copy.deepcopy(art.metadata)
-    md.pop("schema_version", None)
-    if record is not None:
-        record(md["host"]["diffusers"])
-    if metadata is not None:
-        metadata(md)
-    stored = {name: art.load_tensor(name, framework="torch") for name in art.tensor_names}
-    stored.update(tensors or {})
-    rc.write(dst, image=image if image is not None else art.image_bytes(), tensors=stored, metadata=md,
-             environment=art.environment)
-    return dst
 
 
 def refused(pipe, path, field, **overrides):
