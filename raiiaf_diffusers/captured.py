@@ -140,7 +140,8 @@ class CapturedCall:
             tensors[f"step_latents.{step}"] = t.detach().cpu()
             step_names[str(step)] = f"step_latents.{step}"
 
-        training = _pipeline.training_components(pipe)
+        components = _pipeline.components(pipe)
+        training = sorted(n for n, c in components.items() if c and c.get("training"))
         if training:
             logger.warning("raiiaf_diffusers: components in train() mode (%s): dropout uses the global RNG, "
                            "call .eval() for reproducible images", ", ".join(training))
@@ -155,7 +156,7 @@ class CapturedCall:
         record = DiffusersRecord(
             diffusers_version=diffusers.__version__,
             pipeline=Pipeline(type(pipe).__name__, type(pipe).__module__, call.modular),
-            components=_pipeline.components(pipe),
+            components=components,
             training_components=tuple(training),
             scheduler=call.scheduler,
             call=Call(call.encoded, tuple(call.explicit), str(call.device),

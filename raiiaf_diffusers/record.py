@@ -626,12 +626,7 @@ class DiffusersRecord:
         if noise_value is not None or not_replayable is None:
             noise = Noise.from_json(noise_value, "noise", r, rng.draws)
         return cls(
-            diffusers_version=r.text(r.get(obj, "diffusers_version", ""), "diffusers_version"),
-            pipeline=Pipeline.from_json(r.get(obj, "pipeline", ""), "pipeline", r),
-            components=r.obj(r.get(obj, "components", ""), "components"),
-            training_components=tuple(r.text(t, f"training_components.{i}") for i, t in enumerate(
-                r.items(r.get(obj, "training_components", ""), "training_components", max_len=1000))),
-            scheduler=Scheduler.from_json(r.get(obj, "scheduler", ""), "scheduler", r),
+            **_shared_fields(obj, r),
             call=Call.from_json(r.get(obj, "call", ""), "call", r),
             noise=noise, rng=rng,
             output=Output.from_json(r.get(obj, "output", ""), "output", r),
@@ -641,6 +636,18 @@ class DiffusersRecord:
             not_replayable=not_replayable,
             record_version=version,
         )
+
+
+def _shared_fields(obj: dict, r: Reader) -> dict:
+    """The fields versions 1 and 2 write alike."""
+    return dict(
+        diffusers_version=r.text(r.get(obj, "diffusers_version", ""), "diffusers_version"),
+        pipeline=Pipeline.from_json(r.get(obj, "pipeline", ""), "pipeline", r),
+        components=r.obj(r.get(obj, "components", ""), "components"),
+        training_components=tuple(r.text(t, f"training_components.{i}") for i, t in enumerate(
+            r.items(r.get(obj, "training_components", ""), "training_components", max_len=1000))),
+        scheduler=Scheduler.from_json(r.get(obj, "scheduler", ""), "scheduler", r),
+    )
 
 
 def _batch_hint(noise_value) -> int:
@@ -683,12 +690,7 @@ def _from_version_1(obj: dict, r: Reader) -> DiffusersRecord:
     call = Call._checked(r, "call", r.obj(r.get(obj, "call", ""), "call"), r.get(obj, "call_explicit", "", []),
                          r.get(obj, "device", ""), r.get(obj, "dtype", "", None), r.get(output, "type", "output"))
     return DiffusersRecord(
-        diffusers_version=r.text(r.get(obj, "diffusers_version", ""), "diffusers_version"),
-        pipeline=Pipeline.from_json(r.get(obj, "pipeline", ""), "pipeline", r),
-        components=r.obj(r.get(obj, "components", ""), "components"),
-        training_components=tuple(r.text(t, f"training_components.{i}") for i, t in enumerate(
-            r.items(r.get(obj, "training_components", "", []), "training_components", max_len=1000))),
-        scheduler=Scheduler.from_json(r.get(obj, "scheduler", ""), "scheduler", r),
+        **_shared_fields(obj, r),
         call=call, noise=noise, rng=rng,
         output=Output.from_json(output, "output", r),
         final_latents=FinalLatents.from_json(r.get(obj, "final_latents", ""), "final_latents", r),

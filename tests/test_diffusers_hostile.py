@@ -85,8 +85,6 @@ def test_another_picture_with_a_consistent_record_is_not_bit_exact(sd, files, tm
 
 
 def test_a_smaller_picture_is_not_bit_exact(sd, files, tmp_path):
-    from PIL import Image
-
     small = rc.open(files["a"]).image().resize((16, 16))
     forged = rewrite(files["a"], tmp_path / "small.raiiaf", image=small)
     result = replay(sd, forged)

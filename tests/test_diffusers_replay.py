@@ -189,8 +189,12 @@ def test_stochastic_schedulers_draw_through_their_own_module(replayed):
                                             ("sdxl", "dpmpp_2m_sde", "scheduling_dpmsolver_multistep", [0]),
                                             ("flux", "flow_sde", "scheduling_flow_match_euler_discrete", []),
                                             ("sd3", "flow_sde", "scheduling_flow_match_euler_discrete", [])):
-        draws = _record(replayed, kind, sched)["rng"]["draws"]
-        steps = [d for d in draws if d["site"]["module"] == f"diffusers.schedulers.{module}"]
+        rec = _record(replayed, kind, sched)
+        steps = [d for d in rec["rng"]["draws"] if d["site"]["module"] == f"diffusers.schedulers.{module}"]
+        if not steps and kind in ("flux", "sd3"):
+            # diffusers < 0.37 draws this noise with torch.randn_like: the tape sees the global RNG change
+            assert {"stream": "global", "index": 0, "before": None} in rec["rng"]["untracked"], kind
+            continue
         assert len(steps) >= 2, (kind, sched)
         assert [d["step"] for d in steps] == sorted(d["step"] for d in steps)
         assert all(d["generators"] == generators for d in steps), (kind, sched)

@@ -119,8 +119,13 @@ def test_version_1_files_still_replay(sd):
     path = Path(__file__).parent / "data" / "diffusers" / "record-v1-sd-euler_a.raiiaf"
     assert rc.open(path).metadata["host"]["diffusers"]["record_version"] == 1
     result = replay(tiny.tiny_sd(), path)
-    assert result.bit_exact and result.latents_equal is True and result.draws_checked is None
+    assert result.draws_checked is None
     assert "record version 1: the file has no RNG tape, so draws were not checked one by one" in result.notes
+    changed = {d.key for d in result.drift.differences} & {"packages.diffusers", "packages.transformers"}
+    if not changed:  # made with diffusers 0.42.1 and transformers 5.24.0
+        assert result.bit_exact and result.latents_equal is True
+    else:  # another release computes other numbers: the report says so, and why
+        assert result.drift.can_change_output
 
 
 def test_a_file_that_cannot_be_written_does_not_cost_the_images(sd, tmp_path):
