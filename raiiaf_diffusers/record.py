@@ -40,6 +40,10 @@ class RecordError(ReplayError):
     """The file's host.diffusers record is malformed or does not agree with the file (the message names both)."""
 
 
+class ReplayLimitError(RecordError, rc.LimitExceededError):
+    """A record value exceeds an rc.Limits bound (the message names the file, the field and the limit)."""
+
+
 # --- field checks ---------------------------------------------------------------------------------
 
 
@@ -83,6 +87,14 @@ class Reader:
             self.fail(where, f"must be an integer{' or null' if optional else ''}, not {_kind(value)}")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             self.fail(where, f"{value} is out of range [{lo}, {hi if hi is not None else '...'}]")
+        return value
+
+    def steps(self, value, where: str, *, optional=False) -> int | None:
+        """A step or timestep count: at most rc.Limits.max_replay_steps (they size arrays and loops)."""
+        value = self.integer(value, where, optional=optional)
+        if value is not None and value > self.limits.max_replay_steps:
+            raise ReplayLimitError(f"{self.source}: host.diffusers.{where}: {value} exceeds "
+                                   f"Limits.max_replay_steps={self.limits.max_replay_steps}")
         return value
 
     def flag(self, value, where: str) -> bool:
@@ -223,7 +235,7 @@ class Draw:
             dtype=r.dtype(r.get(obj, "dtype", where), f"{where}.dtype"),
             device=r.device(r.get(obj, "device", where), f"{where}.device"),
             sha256=r.sha256(r.get(obj, "sha256", where), f"{where}.sha256"),
-            step=r.integer(r.get(obj, "step", where), f"{where}.step", hi=r.limits.max_replay_steps, optional=True),
+            step=r.steps(r.get(obj, "step", where), f"{where}.step", optional=True),
         )
 
     def describe(self, index: int) -> str:
@@ -484,9 +496,8 @@ class Scheduler:
         obj = r.obj(value, where)
         config = r.encoded(r.obj(r.get(obj, "config", where), f"{where}.config"), f"{where}.config",
                            tensors_allowed=False)
-        steps = config.get("num_train_timesteps")
-        if steps is not None:
-            r.integer(steps, f"{where}.config.num_train_timesteps", lo=1, hi=r.limits.max_replay_steps)
+        if config.get("num_train_timesteps") is not None:
+            r.steps(config["num_train_timesteps"], f"{where}.config.num_train_timesteps")
         return cls(r.text(r.get(obj, "class", where), f"{where}.class"),
                    r.text(r.get(obj, "module", where), f"{where}.module"), config)
 
@@ -632,10 +643,24 @@ class DiffusersRecord:
             output=Output.from_json(r.get(obj, "output", ""), "output", r),
             final_latents=FinalLatents.from_json(r.get(obj, "final_latents", ""), "final_latents", r),
             step_latents=StepLatents.from_json(r.get(obj, "step_latents", ""), "step_latents", r),
-            steps_run=r.integer(r.get(obj, "steps_run", ""), "steps_run", hi=r.limits.max_replay_steps, optional=True),
+            steps_run=r.steps(r.get(obj, "steps_run", ""), "steps_run", optional=True),
             not_replayable=not_replayable,
             record_version=version,
         )
+
+
+def read(art, source: str, limits: rc.Limits) -> tuple[DiffusersRecord, dict]:
+    """(the record of an opened file, its metadata); ReplayError when the file is not a diffusers capture."""
+    md = art.metadata
+    host = md.get("host")
+    value = host.get("diffusers") if isinstance(host, dict) else None
+    if not isinstance(value, dict):
+        raise ReplayError(f"{source}: not a diffusers capture (no metadata host.diffusers record)")
+    tensors = {}
+    for name in art.tensor_names:
+        info = art.tensor_info(name)
+        tensors[name] = (info.dtype, tuple(info.shape))
+    return DiffusersRecord.from_json(value, Reader(source, tensors, limits)), md
 
 
 def _shared_fields(obj: dict, r: Reader) -> dict:
@@ -695,7 +720,7 @@ def _from_version_1(obj: dict, r: Reader) -> DiffusersRecord:
         output=Output.from_json(output, "output", r),
         final_latents=FinalLatents.from_json(r.get(obj, "final_latents", ""), "final_latents", r),
         step_latents=StepLatents.from_json(r.get(obj, "step_latents", "", None), "step_latents", r),
-        steps_run=r.integer(r.get(obj, "steps_run", ""), "steps_run", hi=r.limits.max_replay_steps),
+        steps_run=r.steps(r.get(obj, "steps_run", ""), "steps_run"),
         record_version=1,
     )
 
@@ -714,4 +739,4 @@ class _V1Reader(Reader):
 
 __all__ = ["DiffusersRecord", "Pipeline", "Scheduler", "Call", "Noise", "RNGTape", "Draw", "Site", "Untracked",
            "Generators", "GlobalStream", "Output", "FinalLatents", "StepLatents", "Reader", "RecordError",
-           "RECORD_VERSION", "OUTPUT_TYPES"]
+           "ReplayLimitError", "read", "RECORD_VERSION", "OUTPUT_TYPES"]

@@ -27,7 +27,7 @@ import raiiaf_core as rc
 from . import _encode, _hooks, _intercept, _output, _pipeline, _rng
 from ._tape import TapeChecker, TooManyDraws
 from .errors import ReplayError
-from .record import DiffusersRecord, Reader, RecordError, Scheduler
+from .record import DiffusersRecord, RecordError, ReplayLimitError, Scheduler, read
 
 logger = logging.getLogger(__name__)
 
@@ -162,9 +162,11 @@ class _Plan:
     record_problems: list
 
 
-def _fail(source: str):
+def _fail(source: str, error: type = RecordError):
+    """``fail(field, message)`` raising ``error`` for the file; ReplayLimitError for a value over an rc.Limits
+    bound (also an rc.LimitExceededError)."""
     def fail(where: str, message: str):
-        raise RecordError(f"{source}: host.diffusers.{where}: {message}")
+        raise error(f"{source}: host.diffusers.{where}: {message}")
     return fail
 
 
@@ -186,7 +188,7 @@ def _scheduler_class(sched: Scheduler, fail):
     return cls
 
 
-def _check_config_types(cls, config: dict, limits: rc.Limits, fail) -> None:
+def _check_config_types(cls, config: dict, limits: rc.Limits, fail, over) -> None:
     """Each stored value must have the type of the scheduler's own default for it, and no step count may
     exceed Limits.max_replay_steps (they size arrays and loops)."""
     try:
@@ -212,7 +214,7 @@ def _check_config_types(cls, config: dict, limits: rc.Limits, fail) -> None:
         if not ok:
             fail(where, f"{value!r} is not a {type(default).__name__} like {cls.__name__}'s default {default!r}")
         if "steps" in key and isinstance(value, int) and not isinstance(value, bool) and abs(value) > limits.max_replay_steps:
-            fail(where, f"{value} exceeds Limits.max_replay_steps={limits.max_replay_steps}")
+            over(where, f"{value} exceeds Limits.max_replay_steps={limits.max_replay_steps}")
 
 
 def build_scheduler(sched: Scheduler, source: str, limits: rc.Limits = rc.Limits()):
@@ -223,7 +225,7 @@ def build_scheduler(sched: Scheduler, source: str, limits: rc.Limits = rc.Limits
     # from_config drops the keys listed in _use_default_values so that this diffusers' defaults apply;
     # replay wants the values that were actually used, so every stored value is passed as given.
     config.pop("_use_default_values", None)
-    _check_config_types(cls, config, limits, fail)
+    _check_config_types(cls, config, limits, fail, _fail(source, ReplayLimitError))
     try:
         return cls.from_config(config)
     except Exception as exc:  # whatever the scheduler raises about its config, said as the file's field
@@ -237,19 +239,6 @@ def build_scheduler(sched: Scheduler, source: str, limits: rc.Limits = rc.Limits
             break
         fail("scheduler.config" + (f".{culprit}" if culprit else ""),
              f"{cls.__name__} refuses it: {type(exc).__name__}: {exc}")
-
-
-def _read(art, source: str, limits: rc.Limits) -> tuple[DiffusersRecord, dict]:
-    md = art.metadata
-    host = md.get("host")
-    value = host.get("diffusers") if isinstance(host, dict) else None
-    if not isinstance(value, dict):
-        raise ReplayError(f"{source}: not a diffusers capture (no metadata host.diffusers record)")
-    tensors = {}
-    for name in art.tensor_names:
-        info = art.tensor_info(name)
-        tensors[name] = (info.dtype, tuple(info.shape))
-    return DiffusersRecord.from_json(value, Reader(source, tensors, limits)), md
 
 
 def _batch_index(md: dict, batch: int, source: str) -> int:
@@ -283,7 +272,7 @@ def _is_int(value) -> bool:
 
 
 def _bound_arguments(record: DiffusersRecord, arguments: dict, batch: int, image_size: tuple, limits: rc.Limits,
-                     fail) -> None:
+                     fail, over) -> None:
     """Refuse stored argument values that would make the replay allocate or run far beyond the capture."""
     steps_cap = limits.max_replay_steps
     for name, value in arguments.items():
@@ -299,8 +288,10 @@ def _bound_arguments(record: DiffusersRecord, arguments: dict, batch: int, image
                 fail(where, f"{value!r} is not a size up to {limit} (the stored image is "
                             f"{image_size[0]}x{image_size[1]})")
         elif name == "num_inference_steps" and value is not None:
-            if not _is_int(value) or not 1 <= value <= steps_cap:
-                fail(where, f"{value!r} is not between 1 and Limits.max_replay_steps={steps_cap}")
+            if not _is_int(value) or value < 1:
+                fail(where, f"{value!r} is not a positive number of steps")
+            if value > steps_cap:
+                over(where, f"{value} exceeds Limits.max_replay_steps={steps_cap}")
             strength = arguments.get("strength")
             if record.steps_run is not None and value > record.steps_run:
                 # img2img runs num_inference_steps * strength steps: only a low strength explains more.
@@ -308,7 +299,7 @@ def _bound_arguments(record: DiffusersRecord, arguments: dict, batch: int, image
                         and value * strength <= record.steps_run + 1):
                     fail(where, f"{value} steps, but the capture ran {record.steps_run}")
         elif name in ("timesteps", "sigmas") and isinstance(value, list) and len(value) > steps_cap + 1:
-            fail(where, f"{len(value)} entries exceed Limits.max_replay_steps={steps_cap}")
+            over(where, f"{len(value)} entries exceed Limits.max_replay_steps={steps_cap}")
         elif name == "strength" and value is not None:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
                 fail(where, f"{value!r} is not a strength between 0 and 1")
@@ -357,7 +348,7 @@ def _global_states(record: DiffusersRecord, load, fail, use_after_noise: bool, n
 def prepare(pipe, path, overrides: dict, limits: rc.Limits) -> _Plan:
     source = os.fspath(path)
     art = rc.open(path, limits=limits)
-    record, md = _read(art, source, limits)
+    record, md = read(art, source, limits)
     fail = _fail(source)
     if record.not_replayable:
         raise ReplayError(f"{source}: the capture could not record this call completely ({record.not_replayable}); "
@@ -402,7 +393,7 @@ def prepare(pipe, path, overrides: dict, limits: rc.Limits) -> _Plan:
             del arguments[name]
     for name in overrides:
         arguments.pop(name, None)
-    _bound_arguments(record, arguments, noise.batch, stored_image.size, limits, fail)
+    _bound_arguments(record, arguments, noise.batch, stored_image.size, limits, fail, _fail(source, ReplayLimitError))
     call = _encode.decode(arguments, load, device)
 
     by_latents = noise.feed == "latents"

@@ -121,7 +121,10 @@ def test_noise_that_is_not_the_taped_draw_is_reported(sd, files, tmp_path):
 def test_huge_training_timesteps_in_the_scheduler_config(sd, files, tmp_path):
     path = rewrite(files["a"], tmp_path / "t.raiiaf",
                    record=lambda rec: rec["scheduler"]["config"].update(num_train_timesteps=10**9))
-    refused(sd, path, "host.diffusers.scheduler.config.num_train_timesteps")
+    message = refused(sd, path, "host.diffusers.scheduler.config.num_train_timesteps")
+    assert "exceeds Limits.max_replay_steps=10000" in message
+    with pytest.raises(rc.LimitExceededError):  # a limit of rc.Limits, which the caller can raise
+        replay(sd, path)
 
 
 def test_huge_step_counts(sd, files, tmp_path):
