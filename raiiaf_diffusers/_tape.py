@@ -5,10 +5,11 @@ Both sides see a draw through ``_intercept``, which calls the original with the 
 returns its result unchanged; the recorder looks at the draw ``before`` and ``after`` that.
 
 Recording keeps, for every RNG the call can draw from (each of its generators, and the global torch
-RNG of the CPU and of the execution device), the state it had at the start of the call and the state
-it was left in by the last taped draw. A draw that finds its RNG in another state means that something
-drew from it without randn_tensor in between (``torch.randn``, ``torch.rand``, ``randn_like``); the same
-check runs over every RNG when the call ends. Those uses are listed in the tape ("untracked").
+RNG of the CPU and of the execution device), the state it had at the start of the call, and for each
+draw the states of the RNGs it used right before and after it. A draw that finds its RNG in another
+state than the previous draw left it in means that something drew from it without randn_tensor in
+between (``torch.randn``, ``torch.rand``, ``randn_like``); the same check runs over every RNG when the
+call ends. Those uses are listed in the tape ("untracked").
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def _used_generators(generator, batch: int) -> list:
 
 
 class _Stream:
-    """One RNG of the call: how to read its state, and the state the tape expects it in."""
+    """One RNG of the call: how to read its state, its state at the start, and the one the tape expects."""
 
     __slots__ = ("read", "at_start", "expected", "after_noise")
 
@@ -63,18 +64,35 @@ class _Stream:
         self.expected = self.at_start
         self.after_noise = None
 
-    def changed(self) -> bool:
-        return not torch.equal(self.read(), self.expected)
+
+# Draw values kept to be hashed when the call ends, at most this many bytes (beyond: hashed at once). Hashing
+# and comparing in between the pipeline's own work costs several times more than the same work done in one
+# go afterwards (cold caches), and on an accelerator hashing at once would wait for the device at every draw.
+_DEFERRED_BYTES = 64 << 20
 
 
 @dataclass
-class _Pending:
-    index: int
-    tensor: torch.Tensor
+class _Taken:
+    """A draw as seen during the call; turned into a Draw (and checked for untracked uses) in finish()."""
+
+    site: tuple
+    generators: tuple | None
+    streams: list  # (kind, index, stream)
+    before: list  # each stream's state right before the draw
+    after: list  # ... and right after it
+    shape: tuple
+    dtype: str
+    device: str
+    step: int | None
+    values: torch.Tensor | None  # a copy to hash later, or None when already hashed
+    sha256: str
 
 
 class TapeRecorder:
-    """Records the draws of one call. ``generators``: the call's, in order; ``device``: its execution device."""
+    """Records the draws of one call. ``generators``: the call's, in order; ``device``: its execution device.
+
+    During the call each draw only reads the states of the RNGs it uses and keeps a copy of its values;
+    ``finish`` compares the states, hashes the values and builds ``draws`` and ``untracked``."""
 
     def __init__(self, generators: list, device: torch.device):
         self.generators = generators
@@ -82,8 +100,9 @@ class TapeRecorder:
         self.global_devices = _rng.global_devices(device)
         self.global_streams = [_Stream(lambda d=d: _rng.get_state(d)) for d in self.global_devices]
         self._by_id = {id(g): i for i, g in enumerate(generators)}
+        self._taken: list[_Taken] = []
+        self._deferred = 0
         self.draws: list[Draw] = []
-        self._pending: list[_Pending] = []
         self.untracked: list[Untracked] = []
         self.noise_index: int | None = None
         self.noise: torch.Tensor | None = None
@@ -102,8 +121,8 @@ class TapeRecorder:
         return len(self.global_streams) - 1
 
     def before(self, frame, args: tuple, kwargs: dict, step: int | None) -> tuple:
-        """Called before the original draws: which RNGs it will use, and whether they were used untracked."""
-        site = Site(*_intercept.site_of(frame))
+        """Called before the original draws: which RNGs it will use, and their states now."""
+        site = _intercept.site_of(frame)
         generator = _generator_argument(args, kwargs)
         shape = args[0] if args else kwargs.get("shape", ())
         used = _used_generators(generator, shape[0] if len(shape) else 1)
@@ -117,42 +136,43 @@ class TapeRecorder:
         else:
             streams = [("generator", i, self.gen_streams[i]) for i in indices]
             generators = tuple(indices)
-        number = len(self.draws)
-        for kind, index, stream in streams:
-            if stream.changed():
-                self.untracked.append(Untracked(kind, index, number))
-        return site, generators, streams, step
+        return site, generators, streams, [stream.read() for _, _, stream in streams], step
 
     def after(self, pending: tuple, out: torch.Tensor) -> None:
         """Called with what the original drew."""
-        site, generators, streams, step = pending
-        number = len(self.draws)
-        for _, _, stream in streams:
-            stream.expected = stream.read()
-        if self.noise_index is None and is_noise_site(site):
+        site, generators, streams, before, step = pending
+        number = len(self._taken)
+        if self.noise_index is None and is_noise_site(Site(*site)):
             self.noise_index = number
             self.noise = out.detach().clone()
-            for _, _, stream in streams:
-                stream.after_noise = stream.expected
-        draw = Draw(site, generators, tuple(out.shape), str(out.dtype).removeprefix("torch."), str(out.device), "",
-                    step)
-        if out.device.type == "cpu":
-            draw = _hashed(draw, out)
-        else:  # hashing now would wait for the device at every draw: copy on the device, hash at the end
-            self._pending.append(_Pending(number, out.detach().clone()))
-        self.draws.append(draw)
+        nbytes = out.numel() * out.element_size()
+        values, sha = None, ""
+        if self._deferred + nbytes <= _DEFERRED_BYTES:
+            self._deferred += nbytes
+            values = self.noise if self.noise_index == number else out.detach().clone()
+        else:
+            sha = rc.tensor_sha256(out)
+        self._taken.append(_Taken(site, generators, streams, before, [stream.read() for _, _, stream in streams],
+                                  tuple(out.shape), str(out.dtype).removeprefix("torch."), str(out.device), step,
+                                  values, sha))
 
     def finish(self) -> None:
-        """End of the call: hash what was left on the device, and look for untracked uses after the last draw."""
-        for pending in self._pending:
-            self.draws[pending.index] = _hashed(self.draws[pending.index], pending.tensor)
-        self._pending.clear()
-        for i, stream in enumerate(self.gen_streams):
-            if stream.changed():
-                self.untracked.append(Untracked("generator", i, None))
-        for i, stream in enumerate(self.global_streams):
-            if stream.changed():
-                self.untracked.append(Untracked("global", i, None))
+        """End of the call: hash the draws, and find the RNGs used between them or after the last one."""
+        for number, taken in enumerate(self._taken):
+            for (kind, index, stream), before, after in zip(taken.streams, taken.before, taken.after):
+                if not torch.equal(before, stream.expected):
+                    self.untracked.append(Untracked(kind, index, number))
+                stream.expected = after
+                if number == self.noise_index:
+                    stream.after_noise = after
+            sha = taken.sha256 or rc.tensor_sha256(taken.values)
+            self.draws.append(Draw(Site(*taken.site), taken.generators, taken.shape, taken.dtype, taken.device,
+                                   sha, taken.step))
+        self._taken.clear()
+        for kind, streams in (("generator", self.gen_streams), ("global", self.global_streams)):
+            for i, stream in enumerate(streams):
+                if not torch.equal(stream.read(), stream.expected):
+                    self.untracked.append(Untracked(kind, i, None))
 
     def untracked_before_noise(self) -> bool:
         """Whether an RNG the noise draw used was used before it (so its post-draw state misses earlier draws)."""
@@ -168,10 +188,6 @@ class TapeRecorder:
         return tuple(GlobalStream(str(d), name(i, "at_start", s.at_start),
                                   None if s.after_noise is None else name(i, "after_noise", s.after_noise))
                      for i, (d, s) in enumerate(zip(self.global_devices, self.global_streams)))
-
-
-def _hashed(draw: Draw, tensor: torch.Tensor) -> Draw:
-    return Draw(draw.site, draw.generators, draw.shape, draw.dtype, draw.device, rc.tensor_sha256(tensor), draw.step)
 
 
 class TapeChecker:
