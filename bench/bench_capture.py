@@ -6,8 +6,8 @@ Tiny random-weight StableDiffusionPipeline (raiiaf_diffusers.tiny), 64x64, 4 ste
 ancestral, in this one process. The two calls are timed alternately, by wall clock and by process
 CPU time, and the ratio is taken per pair so that drift in machine speed hits both sides alike. "With capture" is the
 whole user-visible cost: entering ``capture.recording(pipe)``, the call with
-``callback_on_step_end=capture`` (noise and RNG-state copies, per-step latents copy, argument
-encoding, final-latents hash) and leaving the block. Writing the ``.raiiaf`` file (PNG encoding,
+``callback_on_step_end=capture`` (the RNG tape: every randn_tensor draw hashed and every RNG's state
+checked around it; per-step latents copy, argument encoding, final-latents hash) and leaving the block. Writing the ``.raiiaf`` file (PNG encoding,
 tensors, atomic write with fsync) is timed separately, since it is I/O the user can defer.
 """
 

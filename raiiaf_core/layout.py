@@ -44,6 +44,9 @@ class Limits:
     max_v1_output: int = 1 << 30  # bytes a v1 file may decompress to, all chunks together
     # Decoded pixels Artifact.image() accepts: 8192x8192 (as RGB, 192 MiB; as a float32 tensor, 768 MiB).
     max_image_pixels: int = 8192 * 8192
+    # raiiaf_diffusers replay: the most timesteps a stored scheduler config or call may make a replay allocate
+    # or run (num_train_timesteps, num_inference_steps, timesteps/sigmas lists, steps run).
+    max_replay_steps: int = 10_000
 
 
 DEFAULT_LIMITS = Limits()

@@ -13,8 +13,10 @@
 
 from .capture import CapturedCall, RaiiafCapture
 from .errors import CaptureError, ReplayError
+from .record import DiffusersRecord, RecordError
 from .replay import ReplayResult, replay
 
 __version__ = "0.1.0"
 
-__all__ = ["RaiiafCapture", "CapturedCall", "replay", "ReplayResult", "CaptureError", "ReplayError", "__version__"]
+__all__ = ["RaiiafCapture", "CapturedCall", "replay", "ReplayResult", "CaptureError", "ReplayError", "RecordError",
+           "DiffusersRecord", "__version__"]

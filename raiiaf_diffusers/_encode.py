@@ -24,9 +24,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .errors import CaptureError, ReplayError
+from . import _rng
+from .errors import CaptureError
 
-_IMAGE_MODES = ("L", "LA", "RGB", "RGBA", "I;16", "I", "F")
+# The shape and dtype a stored PIL image of each mode must have: (rank, channels or None, dtype).
+_IMAGE_LAYOUTS = {"L": (2, None, "uint8"), "LA": (3, 2, "uint8"), "RGB": (3, 3, "uint8"), "RGBA": (3, 4, "uint8"),
+                  "I;16": (2, None, "uint16"), "I": (2, None, "int32"), "F": (2, None, "float32")}
 
 
 def encode(value: Any, where: str, tensors: dict[str, Any]) -> Any:
@@ -64,7 +67,7 @@ def encode(value: Any, where: str, tensors: dict[str, Any]) -> Any:
     except ImportError:  # pragma: no cover - pillow is a dependency of diffusers
         Image = None
     if Image is not None and isinstance(value, Image.Image):
-        if value.mode not in _IMAGE_MODES:
+        if value.mode not in _IMAGE_LAYOUTS:
             raise CaptureError(f"{where}: a PIL image in mode {value.mode!r} cannot be stored exactly; convert it first")
         tensors[where] = np.array(value, copy=True)
         return {"$image": where, "mode": value.mode}
@@ -74,8 +77,68 @@ def encode(value: Any, where: str, tensors: dict[str, Any]) -> Any:
     )
 
 
+_FLOATS = ("inf", "-inf", "nan")
+
+
+def validate(obj: Any, where: str, tensor: Callable[[str, str], tuple], fail: Callable[[str, str], None]) -> None:
+    """Check that ``obj`` is what ``encode`` writes, without loading anything.
+
+    ``tensor(name, where)`` checks a ``$tensor``/``$ndarray``/``$image`` reference (that the file holds it, once)
+    and returns its (dtype, shape); ``fail(where, message)`` raises. Afterwards ``decode`` cannot fail on ``obj``.
+    """
+    stack = [(obj, where)]  # depth first, in document order, so the first bad value is the one reported
+    while stack:
+        value, at = stack.pop()
+        if isinstance(value, list):
+            stack.extend(reversed([(v, f"{at}.{i}") for i, v in enumerate(value)]))
+            continue
+        if not isinstance(value, dict):
+            if isinstance(value, float) and not math.isfinite(value):
+                fail(at, "a non-finite number must be written as {\"$float\": ...}")
+            continue
+        tags = [k for k in value if k.startswith("$")]
+        if not tags:
+            stack.extend(reversed([(v, f"{at}.{k}") for k, v in value.items()]))
+            continue
+        tag = tags[0]
+        allowed = {"$tuple": {"$tuple"}, "$float": {"$float"}, "$tensor": {"$tensor", "device"},
+                   "$ndarray": {"$ndarray"}, "$image": {"$image", "mode"}, "$dtype": {"$dtype"}}.get(tag)
+        if allowed is None or len(tags) != 1 or not set(value) <= allowed:
+            fail(at, f"unknown or malformed tagged value with keys {sorted(value)[:8]}")
+        payload = value[tag]
+        if tag == "$tuple":
+            if not isinstance(payload, list):
+                fail(at, "$tuple must hold a list")
+            stack.extend(reversed([(v, f"{at}.{i}") for i, v in enumerate(payload)]))
+        elif tag == "$float":
+            if payload not in _FLOATS:
+                fail(at, f"$float must be one of {', '.join(_FLOATS)}")
+        elif tag == "$dtype":
+            if not isinstance(payload, str) or not isinstance(getattr(torch, payload, None), torch.dtype):
+                fail(at, f"{payload!r} is not a torch dtype")
+        else:
+            if not isinstance(payload, str):
+                fail(at, f"{tag} must name a tensor of the file")
+            dtype, shape = tensor(payload, at)
+            if tag == "$tensor" and "device" in value:
+                device = value["device"]
+                if not isinstance(device, str) or len(device) > 64:
+                    fail(f"{at}.device", "must be a device name such as 'cpu' or 'cuda:0'")
+                try:
+                    torch.device(device)
+                except (RuntimeError, ValueError):
+                    fail(f"{at}.device", f"{device!r} is not a torch device")
+            if tag == "$image":
+                layout = _IMAGE_LAYOUTS.get(value.get("mode"))
+                if layout is None:
+                    fail(f"{at}.mode", f"must be one of {', '.join(_IMAGE_LAYOUTS)}")
+                rank, channels, want = layout
+                if dtype != want or len(shape) != rank or (channels and shape[-1] != channels):
+                    fail(at, f"tensor {payload!r} ({dtype} {list(shape)}) cannot hold a {value['mode']} image")
+
+
 def decode(obj: Any, load: Callable[[str], Any], device: torch.device | None = None) -> Any:
-    """Inverse of ``encode``; ``load(name)`` returns the stored tensor as torch."""
+    """Inverse of ``encode`` for an ``obj`` that passed ``validate``; ``load(name)`` returns the stored tensor as torch."""
     if isinstance(obj, list):
         return [decode(v, load, device) for v in obj]
     if not isinstance(obj, dict):
@@ -89,7 +152,7 @@ def decode(obj: Any, load: Callable[[str], Any], device: torch.device | None = N
         stored = torch.device(obj.get("device", "cpu"))
         # Put the tensor back where the user had it when that device exists here; else on the
         # pipeline's execution device (the pipeline moves its inputs there anyway).
-        target = stored if _device_available(stored) else (device or torch.device("cpu"))
+        target = stored if _rng.device_available(stored) else (device or _rng.CPU)
         return t.to(target)
     if "$ndarray" in obj:
         return load(obj["$ndarray"]).numpy()
@@ -98,10 +161,7 @@ def decode(obj: Any, load: Callable[[str], Any], device: torch.device | None = N
 
         return Image.fromarray(load(obj["$image"]).numpy(), mode=obj["mode"])
     if "$dtype" in obj:
-        dtype = getattr(torch, obj["$dtype"], None)
-        if not isinstance(dtype, torch.dtype):
-            raise ReplayError(f"unknown torch dtype {obj['$dtype']!r} in the file")
-        return dtype
+        return getattr(torch, obj["$dtype"])
     return {k: decode(v, load, device) for k, v in obj.items()}
 
 
@@ -122,13 +182,3 @@ def plain(value: Any) -> Any:
     if isinstance(value, (np.ndarray, torch.Tensor)):
         return plain(value.tolist())
     return repr(value)
-
-
-def _device_available(device: torch.device) -> bool:
-    if device.type == "cpu":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.is_available() and (device.index is None or device.index < torch.cuda.device_count())
-    if device.type == "mps":
-        return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    return False

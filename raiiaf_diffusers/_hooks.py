@@ -1,9 +1,9 @@
 """Reference-counted, thread-aware swaps of one attribute at a time.
 
-Capturing the initial noise needs two swaps for the duration of a ``with capture.recording(pipe):``
-block: the ``randn_tensor`` that the pipeline's ``prepare_latents`` resolves through its module
-globals, and the pipeline class's ``__call__`` (to see the call arguments and the returned images).
-Both are process-wide objects, so:
+Recording needs swaps for the duration of a ``with capture.recording(pipe):`` block (and replay for
+the duration of its call): the ``randn_tensor`` name in the globals of every module that draws through
+it (``_intercept``), and the pipeline class's ``__call__`` (to see the call arguments and the returned
+images). All are process-wide objects, so:
 
 * the replacement is a pass-through wrapper that only records when the *current thread* has an
   active recording; every other thread (and every call outside a recording) goes straight to the
@@ -109,7 +109,7 @@ def installed(target: Any, name: str) -> bool:
 class ThreadState:
     # Active ``recording()`` blocks of this thread, innermost last: (pipeline, recorder) pairs.
     recordings: list = field(default_factory=list)
-    # Recorded pipeline calls in progress in this thread, innermost last.
+    # Recorded (or replayed and tape-checked) pipeline calls in progress in this thread, innermost last.
     calls: list = field(default_factory=list)
 
 

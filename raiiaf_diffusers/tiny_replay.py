@@ -5,8 +5,9 @@
 Used by the demo and the tests to show that a file replays in a *new* Python process: each file
 names its tiny pipeline ("raiiaf-tiny/sd", ...), which is rebuilt here from the same seeded
 configuration. Prints one JSON object per file (the replay's fidelity report). With ``--save``,
-also writes, per file number k, ``k.latents.safetensors`` (the replayed final latents) and
-``k.png`` (the replayed image, encoded as in the files) so that a caller can compare them itself.
+also writes, per file number k, ``k.latents.safetensors`` (the replayed final latents, for pipelines
+with a step callback) and ``k.png`` (the replayed image, encoded as in the files) so that a caller can
+compare them itself.
 Exit status 0 only when every file replayed bit-exactly.
 """
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     import safetensors.torch
 
     from . import tiny
-    from .capture import png_bytes
+    from ._output import png_bytes
     from .replay import replay
 
     pipes = {}
@@ -46,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         report = {"path": path, **result.to_dict()}
         if args.save:
             os.makedirs(args.save, exist_ok=True)
-            safetensors.torch.save_file({"final_latents": result.final_latents.contiguous()},
-                                        os.path.join(args.save, f"{k}.latents.safetensors"))
+            if result.final_latents is not None:  # None for pipelines without a step callback
+                safetensors.torch.save_file({"final_latents": result.final_latents.contiguous()},
+                                            os.path.join(args.save, f"{k}.latents.safetensors"))
             with open(os.path.join(args.save, f"{k}.png"), "wb") as f:
                 f.write(png_bytes(result.image))
         print(json.dumps(report), flush=True)

@@ -8,13 +8,14 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback  # noqa: E402
+from diffusers.models.autoencoders import vae as vae_module  # noqa: E402
 from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion as sd_module  # noqa: E402
 from diffusers.utils import torch_utils  # noqa: E402
 
 import raiiaf_core as rc  # noqa: E402
 from raiiaf_diffusers import CaptureError, RaiiafCapture, ReplayError, replay  # noqa: E402
-from raiiaf_diffusers import _hooks, tiny  # noqa: E402
-from raiiaf_diffusers.capture import png_bytes  # noqa: E402
+from raiiaf_diffusers import _hooks, _intercept, tiny  # noqa: E402
+from raiiaf_diffusers._output import png_bytes  # noqa: E402
 
 PROMPT = "a painting of a cat"
 # The class's own __call__ before any recording: recording must always put exactly this object back.
@@ -49,6 +50,10 @@ def _swaps_restored(pipe):
     cls = type(pipe)
     assert sd_module.randn_tensor is torch_utils.randn_tensor
     assert not _hooks.installed(sd_module.__dict__, "randn_tensor")
+    # every module that draws through randn_tensor (pipelines, VAE, schedulers) holds the original again
+    namespaces = _intercept.randn_namespaces()
+    assert vae_module.__dict__ in [ns for ns in namespaces] and len(namespaces) > 3
+    assert all(ns["randn_tensor"] is _intercept.ORIGINAL for ns in namespaces)
     assert not _hooks.installed(cls, "__call__")
     assert diffusers.StableDiffusionPipeline.__dict__["__call__"] is ORIGINAL_CALL
     assert diffusers.StableDiffusionXLPipeline.__dict__["__call__"] is ORIGINAL_XL_CALL
@@ -85,6 +90,7 @@ def test_swaps_restored_when_the_pipeline_raises(sd, tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         with capture.recording(sd):
             assert sd_module.randn_tensor is not torch_utils.randn_tensor  # swapped inside the block
+            assert vae_module.randn_tensor is not torch_utils.randn_tensor
             _call(sd, MultiPipelineCallbacks([capture, Boom()]))
     _swaps_restored(sd)
     assert capture.paths == [] and not (tmp_path / "x.raiiaf").exists()
@@ -177,9 +183,13 @@ def test_generator_list_records_each_state_and_seed(sd, tmp_path):
            callback_on_step_end=capture, **tiny.CALL_ARGS["sd"])
     arts = [rc.open(p) for p in capture.paths]
     assert [a.metadata["seed"] for a in arts] == [11, 12]
-    rec = arts[0].metadata["host"]["diffusers"]
-    assert rec["generator"]["kind"] == "list" and rec["generator"]["seeds"] == [11, 12]
-    assert {"rng.generator.0", "rng.generator.1"} <= set(arts[0].tensor_names)
+    gens = arts[0].metadata["host"]["diffusers"]["rng"]["generators"]
+    assert gens["kind"] == "list" and gens["seeds"] == [11, 12]
+    assert gens["at_start"] == ["rng.generator.0.at_start", "rng.generator.1.at_start"]
+    assert set(gens["at_start"] + gens["after_noise"]) <= set(arts[0].tensor_names)
+    # the initial noise: one draw per generator, both taped as one draw from generators 0 and 1
+    draws = arts[0].metadata["host"]["diffusers"]["rng"]["draws"]
+    assert draws[0]["generators"] == [0, 1] and draws[0]["site"]["function"].endswith("prepare_latents")
     assert all(replay(sd, p).bit_exact for p in capture.paths)
 
 
@@ -211,15 +221,22 @@ def test_record_contents(tmp_path):
     assert rec["components"]["unet"]["class"] == "diffusers.models.unets.unet_2d_condition.UNet2DConditionModel"
     assert rec["components"]["unet"]["training"] is False and rec["training_components"] == []
     assert rec["components"]["safety_checker"] is None
-    assert rec["call"]["num_inference_steps"] == 4 and rec["call"]["guidance_scale"] == 6.5
-    assert rec["call"]["height"] == 64 and "generator" not in rec["call"] and "latents" not in rec["call"]
+    args = rec["call"]["arguments"]
+    assert args["num_inference_steps"] == 4 and args["guidance_scale"] == 6.5
+    assert args["height"] == 64 and "generator" not in args and "latents" not in args
     assert rec["noise"]["source"] == "randn_tensor" and rec["noise"]["dtype"] == "float32"
-    assert rec["dtype"] == "float32" and rec["device"] == "cpu"
-    assert rec["generator"]["seeds"] == [3] and rec["generator"]["kind"] == "single"
-    # the generator state stored is the one right after the noise draw
+    assert rec["noise"]["feed"] == "latents" and rec["noise"]["draw"] == 0
+    assert rec["call"]["dtype"] == "float32" and rec["call"]["device"] == "cpu"
+    gens = rec["rng"]["generators"]
+    assert gens["seeds"] == [3] and gens["kind"] == "single"
+    # the generator states stored are the ones at the start of the call and right after the noise draw
     g = torch.Generator().manual_seed(3)
-    torch.randn(tuple(rec["noise"]["shape"]), generator=g)
-    assert torch.equal(art.load_tensor("rng.generator.0", framework="torch"), g.get_state())
+    assert torch.equal(art.load_tensor(gens["at_start"][0], framework="torch"), g.get_state())
+    drawn = torch.randn(tuple(rec["noise"]["shape"]), generator=g)
+    assert torch.equal(art.load_tensor(gens["after_noise"][0], framework="torch"), g.get_state())
+    assert rec["rng"]["draws"][0]["sha256"] == rc.tensor_sha256(drawn) == rc.tensor_sha256(art.load_tensor("noise"))
+    assert rec["rng"]["untracked"] == [] and rec["not_replayable"] is None
+    assert rec["steps_run"] == 4 and rec["output"]["type"] == "pil"
     final = art.load_tensor("final_latents", framework="torch")
     assert rc.tensor_sha256(final) == rec["final_latents"]["sha256"] == capture.last.final_latents_sha256
     assert sorted(rec["step_latents"]["tensors"]) == ["1", "3"]
@@ -276,15 +293,24 @@ def test_clear_errors_instead_of_incomplete_files(sd, tmp_path):
     _swaps_restored(sd)
 
     class OwnNoisePipeline(diffusers.StableDiffusionPipeline):
-        # draws with torch.randn directly: its module globals have no randn_tensor to intercept
+        # draws with torch.randn directly: no randn_tensor call, so no initial noise for the tape
         def prepare_latents(self, batch_size, num_channels_latents, height, width, dtype, device, generator, latents=None):
             shape = (batch_size, num_channels_latents, height // self.vae_scale_factor, width // self.vae_scale_factor)
             return torch.randn(shape, generator=generator, dtype=dtype) * self.scheduler.init_noise_sigma
 
     own = OwnNoisePipeline(**sd.components, requires_safety_checker=False)
-    with pytest.raises(CaptureError, match="initial noise cannot be captured"):
-        with capture.recording(own):
-            pass
+    own.scheduler = tiny.scheduler("ddim", SD_CONFIG)
+    capture = RaiiafCapture(tmp_path / "own.raiiaf")
+    with capture.recording(own):
+        image = _call(own, capture).images[0]  # the caller keeps the image ...
+    art = rc.open(capture.paths[0])  # ... and the file says what could not be recorded
+    rec = art.metadata["host"]["diffusers"]
+    assert art.image().tobytes() == image.tobytes()
+    assert rec["not_replayable"] == "OwnNoisePipeline drew no initial noise through randn_tensor during the call"
+    assert rec["noise"] is None and "noise" not in art.metadata and "noise" not in art.tensor_names
+    assert {"stream": "generator", "index": 0, "before": None} in rec["rng"]["untracked"]
+    with pytest.raises(ReplayError, match="drew no initial noise through randn_tensor"):
+        replay(own, capture.paths[0])
     _swaps_restored(sd)
 
 
@@ -305,8 +331,10 @@ def test_no_generator_uses_and_restores_the_global_rng(sd, tmp_path):
         _call(sd, capture, generator=None)  # noise and ancestral noise come from the global torch RNG
     art = rc.open(capture.paths[0])
     rec = art.metadata["host"]["diffusers"]
-    assert art.metadata["seed"] is None and rec["generator"]["kind"] == "none"
-    assert rec["global_rng"]["restore"] == "after_draw"
+    assert art.metadata["seed"] is None
+    assert rec["rng"]["generators"]["kind"] == "none"
+    assert rec["rng"]["draws"][0]["generators"] == []  # the noise came from the global RNG ...
+    assert rec["rng"]["global"][0]["after_noise"]  # ... so its state right after the draw is kept
     torch.manual_seed(999)  # whatever state this process is in, replay restores the recorded one
     assert replay(sd, capture.paths[0]).bit_exact
 
@@ -320,7 +348,7 @@ def test_tensor_and_tuple_arguments_replay(sdxl, tmp_path):
         sdxl(**dict(zip(names, embeds)), original_size=(64, 64), target_size=(64, 64), num_inference_steps=2,
              generator=torch.Generator().manual_seed(1), callback_on_step_end=capture, **tiny.CALL_ARGS["sdxl"])
     art = rc.open(capture.paths[0])
-    call = art.metadata["host"]["diffusers"]["call"]
+    call = art.metadata["host"]["diffusers"]["call"]["arguments"]
     assert call["original_size"] == {"$tuple": [64, 64]}
     assert call["prompt_embeds"] == {"$tensor": "arg.prompt_embeds", "device": "cpu"}
     assert torch.equal(art.load_tensor("arg.prompt_embeds", framework="torch"), embeds[0])
@@ -346,8 +374,8 @@ def test_subclass_without_own_call_is_restored(sd, tmp_path):
 @pytest.mark.parametrize("module, cls", [("os", "system"), ("diffusers", "DiffusionPipeline"),
                                          ("diffusers.utils", "load_image")])
 def test_replay_only_builds_diffusers_schedulers_named_by_a_file(module, cls):
-    from raiiaf_diffusers.errors import ReplayError
-    from raiiaf_diffusers.replay import _scheduler
+    from raiiaf_diffusers.record import Scheduler
+    from raiiaf_diffusers.replay import build_scheduler
 
-    with pytest.raises(ReplayError, match="not a diffusers scheduler"):
-        _scheduler({"module": module, "class": cls, "config": {}})
+    with pytest.raises(ReplayError, match="f.raiiaf: host.diffusers.scheduler.class: .*not a diffusers scheduler"):
+        build_scheduler(Scheduler(cls, module, {}), "f.raiiaf")

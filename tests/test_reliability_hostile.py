@@ -4,6 +4,7 @@ The fuzz test (test_reliability_fuzz.py) throws random damage at the reader; the
 attacks it found or that the issue names, so a regression fails here with a readable message.
 """
 
+import importlib.util
 import io
 import json
 import os
@@ -262,13 +263,21 @@ def _limit_cases(tmp_path, small_file):
     }
     if V1_FIXTURE.exists():
         cases["max_v1_output"] = (V1_FIXTURE, rc.Limits(max_v1_output=100), lambda art: None)
+    if importlib.util.find_spec("diffusers") is not None:
+        # raiiaf_diffusers reads its replay record under Limits.max_replay_steps (its fixture ran 3 steps)
+        from raiiaf_diffusers import record
+
+        capture = Path(__file__).parent / "data" / "diffusers" / "record-v1-sd-euler_a.raiiaf"
+        steps = rc.Limits(max_replay_steps=2)
+        cases["max_replay_steps"] = (capture, steps, lambda art: record.read(art, str(capture), steps))
     return cases
 
 
 def test_every_limit_is_named_in_its_error_and_can_be_raised(tmp_path, small_file):
     cases = _limit_cases(tmp_path, small_file)
     # A limit added without a case here would go untested: fail until one is written.
-    assert {f.name for f in fields(rc.Limits)} == set(cases)
+    needs_diffusers = set() if importlib.util.find_spec("diffusers") is not None else {"max_replay_steps"}
+    assert {f.name for f in fields(rc.Limits)} - needs_diffusers == set(cases)
     for name, (path, limits, read) in cases.items():
         with pytest.raises(rc.LimitExceededError) as info:
             read(rc.open(path, limits=limits))

@@ -1,0 +1,114 @@
+"""Tokenizers and text encoders for the tiny pipelines, built locally (no Hub download).
+
+Tokenizers are loaded from vocabulary files written to a temporary folder (CLIP) or from an in-memory
+vocabulary (T5); the text encoders are the real transformers classes with tiny configs. Their weights
+are random: the callers seed each construction (see ``_common.seeded``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2 / CLIP byte-level BPE alphabet: every byte maps to a printable unicode character.
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+# A few merges of common English letter pairs, so prompts tokenize into more than single letters.
+_MERGES = ["t h", "th e</w>", "a n", "i n", "e r", "o n", "r e", "a t", "e n", "o r", "s t", "a r", "c a", "ca t</w>"]
+
+
+def _clip_vocab() -> dict[str, int]:
+    vocab: dict[str, int] = {}
+    for token in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[token] = len(vocab)
+    for ch in _bytes_to_unicode().values():
+        vocab[ch] = len(vocab)
+    for ch in _bytes_to_unicode().values():
+        vocab[ch + "</w>"] = len(vocab)
+    for merge in _MERGES:
+        merged = merge.replace(" ", "")
+        if merged not in vocab:
+            vocab[merged] = len(vocab)
+    return vocab  # 530 entries: fits the 1000-token text encoders below
+
+
+def clip_tokenizer(model_max_length: int = 77):
+    """A CLIP byte-level BPE tokenizer loaded from vocab.json / merges.txt written to a temporary folder."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="raiiaf-tiny-clip-") as folder:
+        vocab_file = os.path.join(folder, "vocab.json")
+        merges_file = os.path.join(folder, "merges.txt")
+        with open(vocab_file, "w", encoding="utf-8") as f:
+            json.dump(_clip_vocab(), f)
+        with open(merges_file, "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n" + "\n".join(_MERGES) + "\n")
+        return CLIPTokenizer(vocab=vocab_file, merges=merges_file, model_max_length=model_max_length)
+
+
+def t5_tokenizer(model_max_length: int = 512):
+    """A T5 (Unigram) tokenizer over lowercase letters, digits and a few word pieces; ids stay below 100."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    for word in ("the", "a", "of", "cat", "dog", "painting", "photo"):
+        pieces.append(("▁" + word, -3.0))
+    for ch in "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-":
+        pieces.append(("▁" + ch, -6.0))
+        pieces.append((ch, -5.0))
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=model_max_length)
+
+
+def clip_text_config(**extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        hidden_size=32,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        pad_token_id=1,
+        vocab_size=1000,
+        **extra,
+    )
+
+
+def t5_config(**extra):
+    from transformers import T5Config
+
+    settings = dict(
+        vocab_size=1000,
+        d_model=32,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.1,  # as in real T5: eval() must switch it off
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    settings.update(extra)
+    return T5Config(**settings)
+
+
+def t5_encoder():
+    from transformers import T5EncoderModel
+
+    return T5EncoderModel(t5_config())
