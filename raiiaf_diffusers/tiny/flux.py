@@ -123,10 +123,12 @@ KINDS = {
 
 _IMAGE = input_image(16, 16)
 
+# FlowMatch img2img starts at sigma 1 (pure noise, the image ignored) unless strength leaves out the first of
+# the 2 to 4 steps; 0.5 does.
 CALL_ARGS = {
     "flux": {"height": 16, "width": 16, "max_sequence_length": 16},
-    "flux_img2img": {"image": _IMAGE, "height": 16, "width": 16, "strength": 0.75, "max_sequence_length": 16},
-    "flux_inpaint": {"image": _IMAGE, "mask_image": input_mask(16, 16), "height": 16, "width": 16, "strength": 0.75,
+    "flux_img2img": {"image": _IMAGE, "height": 16, "width": 16, "strength": 0.5, "max_sequence_length": 16},
+    "flux_inpaint": {"image": _IMAGE, "mask_image": input_mask(16, 16), "height": 16, "width": 16, "strength": 0.5,
                      "max_sequence_length": 16},
     # Kontext would first resize the reference to its preferred ~1 megapixel resolutions; _auto_resize=False
     # keeps it tiny, as diffusers' own tests do. max_area caps the output at the requested size.
