@@ -170,3 +170,29 @@ def umt5_encoder():
     from transformers import UMT5Config, UMT5EncoderModel
 
     return UMT5EncoderModel(UMT5Config(**_T5_SETTINGS))
+
+
+_GEMMA_SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
+_GEMMA_MERGES = [("▁", "a"), ("▁", "c"), ("a", "t"), ("▁c", "at"), ("t", "h"), ("th", "e"), ("▁", "the")]
+
+
+def gemma_tokenizer():
+    """A Gemma BPE tokenizer: control tokens, the 256 byte-fallback pieces, letters, digits, a few merges."""
+    from transformers import GemmaTokenizer
+
+    vocab = {token: i for i, token in enumerate(_GEMMA_SPECIAL)}
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    for ch in "▁abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'-:\n":
+        vocab.setdefault(ch, len(vocab))
+    for left, right in _GEMMA_MERGES:
+        vocab.setdefault(left + right, len(vocab))
+    return GemmaTokenizer(vocab=vocab, merges=list(_GEMMA_MERGES))
+
+
+def gemma2_config(tokenizer, **dims):
+    """A Gemma2 config of the given tiny ``dims`` whose vocabulary and control ids agree with ``tokenizer``."""
+    from transformers import Gemma2Config
+
+    return Gemma2Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **dims)
