@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import flux, pixart, sd, sd3
+from . import flux, flux2, lumina2, pixart, qwen, sana, sd, sd3, wan, zimage
 from ._common import MODEL_ID_PREFIX, input_image, input_mask
 from ._text import clip_tokenizer, t5_tokenizer
 from .flux import tiny_flux
@@ -30,7 +30,7 @@ from .sd3 import tiny_sd3
 __all__ = ["build", "scheduler", "SCHEDULERS", "tiny_sd", "tiny_sdxl", "tiny_flux", "tiny_sd3", "clip_tokenizer",
            "t5_tokenizer", "input_image", "input_mask", "KINDS", "CALL_ARGS", "MODEL_ID_PREFIX"]
 
-_FAMILIES = (sd, sd3, flux, pixart)
+_FAMILIES = (sd, sd3, flux, flux2, pixart, sana, lumina2, qwen, zimage, wan)
 
 KINDS: dict[str, Callable[[], object]] = {kind: maker for family in _FAMILIES for kind, maker in family.KINDS.items()}
 

@@ -13,7 +13,21 @@ from ._common import finish, input_image, input_mask, seeded
 from ._text import clip_text_config, clip_tokenizer, t5_encoder, t5_tokenizer
 
 
-def _flux_vae():
+# The transformer blocks of the tiny Flux and Chroma (Chroma adds its guidance approximator).
+_FLUX_BLOCKS = dict(
+    patch_size=1,
+    in_channels=4,
+    num_layers=1,
+    num_single_layers=1,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=32,
+    axes_dims_rope=[4, 4, 8],
+)
+
+
+def one_block_vae(latent_channels: int = 1):
+    """A one-block VAE (scale 1) with Flux's shift and scale (also SD3's tiny VAE, with 4 channels)."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -22,7 +36,7 @@ def _flux_vae():
         out_channels=3,
         block_out_channels=(4,),
         layers_per_block=1,
-        latent_channels=1,
+        latent_channels=latent_channels,
         norm_num_groups=1,
         use_quant_conv=False,
         use_post_quant_conv=False,
@@ -37,22 +51,10 @@ def _flux_parts() -> dict:
     from transformers import CLIPTextModel
 
     with torch.random.fork_rng(devices=[]):
-        transformer = seeded(
-            lambda: FluxTransformer2DModel(
-                patch_size=1,
-                in_channels=4,
-                num_layers=1,
-                num_single_layers=1,
-                attention_head_dim=16,
-                num_attention_heads=2,
-                joint_attention_dim=32,
-                pooled_projection_dim=32,
-                axes_dims_rope=[4, 4, 8],
-            )
-        )
+        transformer = seeded(lambda: FluxTransformer2DModel(**_FLUX_BLOCKS, pooled_projection_dim=32))
         text_encoder = seeded(lambda: CLIPTextModel(clip_text_config(hidden_act="gelu", projection_dim=32)))
         text_encoder_2 = seeded(t5_encoder)
-        vae = seeded(_flux_vae)
+        vae = seeded(one_block_vae)
     return dict(scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                 tokenizer=clip_tokenizer(), tokenizer_2=t5_tokenizer(), transformer=transformer, vae=vae,
                 image_encoder=None, feature_extractor=None)
@@ -93,21 +95,11 @@ def tiny_chroma():
     with torch.random.fork_rng(devices=[]):
         transformer = seeded(
             lambda: ChromaTransformer2DModel(
-                patch_size=1,
-                in_channels=4,
-                num_layers=1,
-                num_single_layers=1,
-                attention_head_dim=16,
-                num_attention_heads=2,
-                joint_attention_dim=32,
-                axes_dims_rope=[4, 4, 8],
-                approximator_hidden_dim=32,
-                approximator_layers=1,
-                approximator_num_channels=16,
+                **_FLUX_BLOCKS, approximator_hidden_dim=32, approximator_layers=1, approximator_num_channels=16
             )
         )
         text_encoder = seeded(t5_encoder)
-        vae = seeded(_flux_vae)
+        vae = seeded(one_block_vae)
     pipe = ChromaPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=text_encoder, tokenizer=t5_tokenizer(),
                           transformer=transformer, vae=vae, image_encoder=None, feature_extractor=None)
     return finish(pipe, "chroma")
@@ -123,10 +115,12 @@ KINDS = {
 
 _IMAGE = input_image(16, 16)
 
+# FlowMatch img2img starts at sigma 1 (pure noise, the image ignored) unless strength leaves out the first of
+# the 2 to 4 steps; 0.5 does.
 CALL_ARGS = {
     "flux": {"height": 16, "width": 16, "max_sequence_length": 16},
-    "flux_img2img": {"image": _IMAGE, "height": 16, "width": 16, "strength": 0.75, "max_sequence_length": 16},
-    "flux_inpaint": {"image": _IMAGE, "mask_image": input_mask(16, 16), "height": 16, "width": 16, "strength": 0.75,
+    "flux_img2img": {"image": _IMAGE, "height": 16, "width": 16, "strength": 0.5, "max_sequence_length": 16},
+    "flux_inpaint": {"image": _IMAGE, "mask_image": input_mask(16, 16), "height": 16, "width": 16, "strength": 0.5,
                      "max_sequence_length": 16},
     # Kontext would first resize the reference to its preferred ~1 megapixel resolutions; _auto_resize=False
     # keeps it tiny, as diffusers' own tests do. max_area caps the output at the requested size.

@@ -13,7 +13,8 @@ from ._common import finish, input_image, input_mask, quiet_blocks, seeded
 from ._text import clip_text_config, clip_tokenizer
 
 
-def _sd_vae():
+def _sd_vae(**extra):
+    """The 2-block, 4-latent-channel VAE (/2) of SD and SDXL."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -23,6 +24,7 @@ def _sd_vae():
         down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
         up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
         latent_channels=4,
+        **extra,
     )
 
 
@@ -56,7 +58,7 @@ def _sd_parts(unet_in_channels: int = 4) -> dict:
 
 def _sdxl_parts() -> dict:
     """UNet 2/4 channels with text_time embeddings, VAE /2, two CLIP encoders, Euler scheduler."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     with torch.random.fork_rng(devices=[]):
@@ -79,17 +81,7 @@ def _sdxl_parts() -> dict:
                 norm_num_groups=1,
             )
         )
-        vae = seeded(
-            lambda: AutoencoderKL(
-                block_out_channels=[32, 64],
-                in_channels=3,
-                out_channels=3,
-                down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-                up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-                latent_channels=4,
-                sample_size=128,
-            )
-        )
+        vae = seeded(lambda: _sd_vae(sample_size=128))
         config = clip_text_config(hidden_act="gelu", projection_dim=32)
         text_encoder = seeded(lambda: CLIPTextModel(config))
         text_encoder_2 = seeded(lambda: CLIPTextModelWithProjection(config))

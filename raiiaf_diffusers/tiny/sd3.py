@@ -6,11 +6,12 @@ import torch
 
 from ._common import finish, seeded
 from ._text import clip_text_config, clip_tokenizer, t5_encoder, t5_tokenizer
+from .flux import one_block_vae
 
 
 def _sd3_pipeline(name: str, **transformer_extra):
     """StableDiffusion3Pipeline (transformer ``transformer_extra``, two CLIP + T5), FlowMatch Euler scheduler."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
     with torch.random.fork_rng(devices=[]):
@@ -32,21 +33,7 @@ def _sd3_pipeline(name: str, **transformer_extra):
         text_encoder = seeded(lambda: CLIPTextModelWithProjection(config))
         text_encoder_2 = seeded(lambda: CLIPTextModelWithProjection(config))
         text_encoder_3 = seeded(t5_encoder)
-        vae = seeded(
-            lambda: AutoencoderKL(
-                sample_size=32,
-                in_channels=3,
-                out_channels=3,
-                block_out_channels=(4,),
-                layers_per_block=1,
-                latent_channels=4,
-                norm_num_groups=1,
-                use_quant_conv=False,
-                use_post_quant_conv=False,
-                shift_factor=0.0609,
-                scaling_factor=1.5035,
-            )
-        )
+        vae = seeded(lambda: one_block_vae(latent_channels=4))
     pipe = StableDiffusion3Pipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
         text_encoder=text_encoder,
