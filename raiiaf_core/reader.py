@@ -88,6 +88,7 @@ class Artifact:
         index = first[header.index_offset:index_end] if index_end <= len(first) else \
             self._source.read(header.index_offset, header.index_length)
         self.version = (header.major, header.minor)
+        self.index_sha256 = header.index_sha256.hex()
         self._first = first  # small parts right after the index come from this buffer, not from disk
         self._payloads: dict = {}
         self._set_entries(layout.decode_index(index, header, self.name, limits))
@@ -98,6 +99,7 @@ class Artifact:
         contents = v1.parse_v1(self._source.read(0, self._source.size), self.name,
                                max_output=self._limits.max_v1_output)
         self.version = contents.version
+        self.index_sha256 = None  # v1 files have no index checksum
         self._first = b""
         self._payloads = {}
         entries = []
