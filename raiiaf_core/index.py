@@ -104,7 +104,7 @@ EXAMPLE_QUERIES = {
 # Any other (unreadable, a missing optional package, a newer format) may go away, so that file is read again.
 _CONTENT_ERRORS = ("CorruptFileError", "LimitExceededError")
 _BATCH_ROWS = 10_000  # rows turned into an Arrow table at a time, so a million rows never sit in Python dicts
-_SEED_RANGE = range(-(1 << 63), 1 << 64)  # what torch.Generator.manual_seed accepts
+_SEED_MIN, _SEED_END = -(1 << 63), 1 << 64  # what torch.Generator.manual_seed accepts
 
 
 @dataclass
@@ -207,7 +207,7 @@ def describe(art, environments: dict | None = None) -> dict:
         "index_sha256": art.index_sha256,
         "prompt": _text(meta.get("prompt")),
         "negative_prompt": _text(meta.get("negative_prompt")),
-        "seed": seed if seed in _SEED_RANGE else None,
+        "seed": seed if seed is not None and _SEED_MIN <= seed < _SEED_END else None,
         "sampler": _text(meta.get("sampler")),
         "scheduler": _text(meta.get("scheduler")),
         "steps": _integer(meta.get("steps")),
@@ -235,12 +235,11 @@ def _environment_columns(art, cache: dict) -> dict:
     env = art.environment  # read and checked against its sha256 also when the columns are cached
     entry = next((c for c in art.chunks if (c.type, c.name) == ("environment", "")), None)
     key = entry.sha256 if entry else None
-    if key not in cache:
+    columns = cache.get(key)  # shared by the reading threads: a race only computes the same columns twice
+    if columns is None:
         torch = _object(env.get("torch"))
         pixel_environment = _pixel_environment(env)
-        if len(cache) >= 1024:
-            cache.clear()
-        cache[key] = {
+        columns = {
             "torch_version": _text(torch.get("version")),
             "cuda_version": _text(torch.get("cuda")),
             "gpu": [_text(_object(g).get("name")) for g in _list(env.get("gpu"))],
@@ -249,7 +248,10 @@ def _environment_columns(art, cache: dict) -> dict:
             "pixel_environment": pixel_environment,
             "environment_key": hashlib.sha256(pixel_environment.encode("utf-8")).hexdigest(),
         }
-    return cache[key]
+        if len(cache) >= 1024:
+            cache.clear()
+        cache[key] = columns
+    return columns
 
 
 # Files from other writers may break the schema (the reader does not enforce it): a value of the wrong type

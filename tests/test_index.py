@@ -72,6 +72,7 @@ def archive(tmp_path):
            "model": {"name": "hf-internal-testing/tiny-sd", "id": "hf-internal-testing/tiny-sd",
                      "revision": "abc123"}, "noise": {"tensor": "noise", "source": "reconstructed"}}, ON_A_GPU,
           image=png_bytes(24, 20))
+    rc.write(root / "bare.raiiaf", metadata={"seed": 2**70}, environment={})  # no image, no tensors
     shutil.copytree(V1, root / "v1", ignore=shutil.ignore_patterns("*.py", "*.md"))
     good = (root / "comfy_0.raiiaf").read_bytes()
     damaged = root / "damaged"
@@ -105,8 +106,8 @@ def test_index_of_a_mixed_folder_has_one_right_row_per_file_and_lists_every_fail
     report = build_index([archive], output)
 
     rows = rows_by_name(output)
-    assert set(rows) == {"comfy_0.raiiaf", "comfy_1.raiiaf", "diffusers.raiiaf", "f16_raw.raiiaf", "f32_raw.raiiaf",
-                         "f32_zfp.raiiaf", *ERRORS}
+    assert set(rows) == {"comfy_0.raiiaf", "comfy_1.raiiaf", "diffusers.raiiaf", "bare.raiiaf", "f16_raw.raiiaf",
+                         "f32_raw.raiiaf", "f32_zfp.raiiaf", *ERRORS}
     assert (report.rows, report.read, report.kept, report.dropped) == (len(rows), len(rows), 0, 0)
     assert [Path(p).name for p, _, _ in report.errors] == sorted(ERRORS, key=lambda n: str(
         next(archive.rglob(n))))
@@ -146,6 +147,12 @@ def test_index_of_a_mixed_folder_has_one_right_row_per_file_and_lists_every_fail
     assert (diffusers["torch_version"], diffusers["cuda_version"], diffusers["gpu"]) == (
         "2.5.1+cu124", "12.4", ["NVIDIA H100 80GB HBM3"])
     assert "NVIDIA H100" in diffusers["environment_headline"]
+
+    bare = rows["bare.raiiaf"]
+    assert bare["seed"] is None  # 2^70: no torch generator takes it
+    assert all(bare[k] is None for k in ("prompt", "sampler", "width", "model_name", "torch_version", "created"))
+    assert (bare["tags"], bare["lora_sha256"], bare["gpu"]) == ([], [], [])
+    assert (bare["environment_headline"], bare["environment_key"]) == ("not recorded", environment_key({}))
 
     for name, prompt, seed, sampler in (("f32_raw.raiiaf", "a red fox in the snow", 1234, "ddim"),
                                         ("f16_raw.raiiaf", "a lighthouse at dusk", 0, "euler_a")):
@@ -230,10 +237,10 @@ def test_example_queries_of_the_readme_answer_right(archive, tmp_path):
 
     assert run("model_and_sampler", model_sha256=CHECKPOINT_SHA, sampler="euler_ancestral") == ["comfy_0.raiiaf"]
     assert run("model_and_sampler", model_sha256=CHECKPOINT_SHA, sampler="ddim") == []
-    # Differs in a way that can change pixels: the GPU file, and the v1 files (their environment is not in
-    # schema 1, so nothing is known to match). A different Python alone does not count.
+    # Differs in a way that can change pixels: the GPU file, the file that records no environment and the v1
+    # files (their environment is not in schema 1, so nothing is known to match). Another Python does not count.
     assert run("environment_differs", environment_key=environment_key()) == [
-        "diffusers.raiiaf", "f16_raw.raiiaf", "f32_raw.raiiaf", *(["f32_zfp.raiiaf"] if HAVE_ZFPY else [])]
+        "bare.raiiaf", "diffusers.raiiaf", "f16_raw.raiiaf", "f32_raw.raiiaf", *(["f32_zfp.raiiaf"] if HAVE_ZFPY else [])]
     assert run("with_lora", lora_sha256=LORA_B) == ["comfy_0.raiiaf", "comfy_1.raiiaf"]
     assert run("with_lora", lora_sha256="f" * 64) == []
     assert sorted(run("unreadable")) == sorted(ERRORS)
