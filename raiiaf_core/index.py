@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import functools
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -555,7 +556,7 @@ def _pyarrow():
 
 def _import(name: str):
     try:
-        return __import__(name)
+        return importlib.import_module(name)
     except ImportError:
         raise MissingDependencyError(f"the archive index needs {name}: pip install 'raiiaf-plugins[archive]'") \
             from None
