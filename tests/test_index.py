@@ -304,3 +304,28 @@ def test_refuses_to_replace_what_is_not_its_index_and_keeps_the_index_when_a_sou
     with pytest.raises(rc.ReadError, match="gone"):  # indexing without it would drop every row it had
         build_index([archive, tmp_path / "gone"], output)
     assert output.read_bytes() == before
+
+
+def test_every_damaged_variant_becomes_a_row_with_the_projects_own_error(archive, tmp_path):
+    """Bit flips and truncations anywhere in the header, index, metadata and environment of a real file."""
+    good = (archive / "comfy_0.raiiaf").read_bytes()
+    head = max(c.offset + c.length for c in rc.open(archive / "comfy_0.raiiaf").chunks
+               if c.type in ("metadata", "environment"))  # every byte the index reads
+    rng = np.random.default_rng(13)
+    folder = tmp_path / "mutants"
+    folder.mkdir()
+    for i in range(120):
+        data = bytearray(good)
+        if i % 3 == 0:
+            data = data[:int(rng.integers(0, head))]
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                data[int(rng.integers(0, head))] ^= 1 << int(rng.integers(0, 8))
+        (folder / f"{i:03d}.raiiaf").write_bytes(bytes(data))
+    report = build_index([folder], tmp_path / "mutants.parquet", workers=4)
+    rows = pq.read_table(tmp_path / "mutants.parquet").to_pylist()
+    assert len(rows) == report.rows == 120
+    own = {cls.__name__ for cls in (rc.RaiiafError, rc.CorruptFileError, rc.LimitExceededError,
+                                    rc.UnsupportedVersionError, rc.ReadError)}
+    assert {r["error_type"] for r in rows} <= own | {None}
+    assert len(report.errors) == 120  # every byte read is under a checksum: no flip goes unnoticed
