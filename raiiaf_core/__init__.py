@@ -19,19 +19,20 @@ from .errors import (
     UnsupportedVersionError,
     WriteError,
 )
-from .layout import Limits
+from .images import PNG_COMPRESS_LEVEL
+from .layout import MAGIC, MAJOR, MINOR, Limits
+from .naming import EXTENSION, resolve_prefix
 from .reader import Artifact, verify
 from .reader import open_artifact as open  # noqa: A001 - the library's entry point, like PIL.Image.open
 from .tensors import TensorInfo, tensor_sha256
-from .naming import resolve_prefix
 from .writer import write, write_numbered
 
 __version__ = "2.0.0"
-FORMAT_VERSION = (2, 0)
+FORMAT_VERSION = (MAJOR, MINOR)
 
 __all__ = [
     "Artifact", "CorruptFileError", "Difference", "DriftReport", "LimitExceededError", "Limits", "MetadataError",
     "MissingDependencyError", "RaiiafError", "ReadError", "TargetExistsError", "TensorError", "TensorInfo",
     "UnsupportedVersionError", "WriteError", "capture_environment", "drift", "open", "tensor_sha256", "verify",
-    "write", "write_numbered", "resolve_prefix", "FORMAT_VERSION",
+    "write", "write_numbered", "resolve_prefix", "FORMAT_VERSION", "EXTENSION", "MAGIC", "PNG_COMPRESS_LEVEL",
 ]

@@ -22,8 +22,12 @@ def temp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
 
 
-def write_atomic(path, parts, *, exclusive: bool = False) -> Path:
-    """Write the byte strings `parts` to `path` so that readers see the old file or the whole new one."""
+def write_atomic(path, parts, *, exclusive: bool = False, durable: bool = True) -> Path:
+    """Write the byte strings `parts` to `path` so that readers see the old file or the whole new one.
+
+    A link at `path` is replaced, never written through. `durable=False` skips the fsyncs (for files that
+    may be lost in a crash, like previews), not the atomicity.
+    """
     path = Path(path)
     if exclusive:
         return write_new(path.parent, [path.name], parts)
@@ -32,7 +36,7 @@ def write_atomic(path, parts, *, exclusive: bool = False) -> Path:
         os.replace(tmp, path)
         return path
 
-    return _write(path, parts, replace)
+    return _write(path, parts, replace, durable)
 
 
 def write_new(folder, names, parts) -> Path:
@@ -51,6 +55,8 @@ def write_new(folder, names, parts) -> Path:
                 os.link(tmp, target)
             except FileExistsError:
                 continue
+            except OSError as exc:  # the name itself is refused (too long, invalid): say which name
+                raise WriteError(f"{target}: cannot be created ({exc.strerror or exc})") from None
             os.unlink(tmp)
             return target
         raise TargetExistsError(f"{target}: a file already exists under this name")
@@ -58,7 +64,7 @@ def write_new(folder, names, parts) -> Path:
     return _write(folder / "new", parts, link_first_free)
 
 
-def _write(path: Path, parts, commit) -> Path:
+def _write(path: Path, parts, commit, durable: bool = True) -> Path:
     """Write `parts` to a fresh temporary beside `path`, fsync it, then let `commit` give it its final name."""
     folder = path.parent
     if not folder.is_dir():
@@ -70,9 +76,11 @@ def _write(path: Path, parts, commit) -> Path:
             for part in parts:
                 f.write(part)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         final = commit(tmp)
-        _fsync_folder(folder)
+        if durable:
+            _fsync_folder(folder)
     except BaseException as exc:
         _remove_quietly(tmp)
         if isinstance(exc, OSError):

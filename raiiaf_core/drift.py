@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .environment import capture_environment
+from .report import escape, flatten
 
 YES, POSSIBLE, UNLIKELY = "yes", "possible", "unlikely"
 
@@ -59,8 +60,9 @@ class DriftReport:
             return "environment: identical"
         lines = [f"environment: {len(self.differences)} difference(s)"
                  + (", some can change the output" if self.can_change_output else "")]
-        for d in self.differences:
-            lines.append(f"  [{d.impact}] {d.key}: {d.stored!r} -> {d.current!r} ({d.reason})")
+        for d in self.differences:  # keys and values come from files: escaped, so printing them is safe
+            lines.append(f"  [{d.impact}] {escape(d.key)}: {escape(repr(d.stored))} -> {escape(repr(d.current))} "
+                         f"({d.reason})")
         return "\n".join(lines)
 
 
@@ -68,7 +70,7 @@ def drift(stored: dict, current: dict | None = None) -> DriftReport:
     """Differences between `stored` and `current` (default: this process now), most consequential first."""
     if current is None:
         current = capture_environment()
-    flat_stored, flat_current = _flatten(stored), _flatten(current)
+    flat_stored, flat_current = flatten(stored), flatten(current)
     differences = []
     for key in sorted(set(flat_stored) | set(flat_current)):
         if key == "schema_version":
@@ -85,7 +87,7 @@ def drift(stored: dict, current: dict | None = None) -> DriftReport:
 def output_relevant(environment: dict) -> dict:
     """The environment's fields (dotted keys) whose difference can change the output: two environments
     differ in these exactly when drift() between them says can_change_output."""
-    return {key: value for key, value in _flatten(environment).items() if _impact(key)[0] == YES}
+    return {key: value for key, value in flatten(environment).items() if _impact(key)[0] == YES}
 
 
 def _impact(key: str) -> tuple[str, str]:
@@ -94,16 +96,3 @@ def _impact(key: str) -> tuple[str, str]:
             return impact, reason
     return POSSIBLE, "not classified"
 
-
-def _flatten(value, prefix: str = "") -> dict:
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    if isinstance(value, list):
-        out = {}
-        for i, item in enumerate(value):
-            out.update(_flatten(item, f"{prefix}[{i}]"))
-        return out if value else {prefix: []}
-    return {prefix: value}

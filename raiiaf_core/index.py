@@ -30,6 +30,7 @@ from .environment import capture_environment
 from .errors import MissingDependencyError, RaiiafError, ReadError
 from .naming import EXTENSION
 from .reader import open_artifact
+from .report import environment_headline
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ COLUMNS = (
     ("scheduler", "string", ""),
     ("steps", "int", ""),
     ("cfg", "float", "metadata guidance_scale"),
-    ("width", "int", "metadata width, else the image's, from the index"),
+    ("width", "int", "metadata width, else the image's as the file's index declares it"),
     ("height", "int", ""),
     ("model_name", "string", "model name, else its id or path"),
     ("model_sha256", "string", ""),
@@ -201,7 +202,8 @@ def describe(art, environments: dict | None = None) -> dict:
     model = _object(meta.get("model"))
     loras = [f for f in map(_object, _list(model.get("files"))) if f.get("role") == "lora"]
     batch, noise, generator = (_object(meta.get(k)) for k in ("batch", "noise", "generator"))
-    image_size = art.image_size or (None, None)
+    # The size the index declares for the image: art.image_size would read the image to check it.
+    image = next((c.info for c in art.chunks if (c.type, c.name) == ("image", "")), {})
     seed = _integer(meta.get("seed"))
     return {
         "format_version": f"{art.version[0]}.{art.version[1]}",
@@ -213,8 +215,8 @@ def describe(art, environments: dict | None = None) -> dict:
         "scheduler": _text(meta.get("scheduler")),
         "steps": _integer(meta.get("steps")),
         "cfg": _number(meta.get("guidance_scale")),
-        "width": _integer(meta.get("width"), image_size[0]),
-        "height": _integer(meta.get("height"), image_size[1]),
+        "width": _integer(meta.get("width"), _integer(image.get("width"))),
+        "height": _integer(meta.get("height"), _integer(image.get("height"))),
         "model_name": _text(model.get("name")) or _text(model.get("id")) or _text(model.get("path")),
         "model_sha256": _text(model.get("sha256")),
         "model_revision": _text(model.get("revision")),
@@ -231,8 +233,6 @@ def describe(art, environments: dict | None = None) -> dict:
 
 
 def _environment_columns(art, cache: dict) -> dict:
-    from .cli import environment_headline
-
     env = art.environment  # read and checked against its sha256 also when the columns are cached
     entry = next((c for c in art.chunks if (c.type, c.name) == ("environment", "")), None)
     key = entry.sha256 if entry else None

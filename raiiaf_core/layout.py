@@ -9,24 +9,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
+import re
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import CorruptFileError, LimitExceededError, UnsupportedVersionError
 
-MAGIC = b"raiiaf"
+MAGIC = b"raiiaf"  # v1 files start with it too; the major version byte after it tells them apart
 MAJOR = 2
 MINOR = 0
 
 # magic, major, minor, flags, header_size, index_offset, index_length, file_size, index_sha256
 _HEADER_BODY = struct.Struct("<6sBBHHQQQ32s")
-HEADER_SIZE = _HEADER_BODY.size + 4  # + crc32 of the body
-# Enough for the header, the index and a typical metadata + environment in one read.
-FIRST_READ = 16 * 1024
-
-CHUNK_TYPES = ("metadata", "environment", "image", "tensor")
-_HEX = set("0123456789abcdef")
+_CRC = struct.Struct("<I")
+HEADER_SIZE = _HEADER_BODY.size + _CRC.size
+# What a reader reads first: the header, the index and the metadata of a typical file (a ComfyUI save with its
+# prompt and workflow, a diffusers capture), usually the environment too. Pillow reads PNG text chunks in
+# blocks of the same size.
+FIRST_READ = 8 * 1024
 
 
 @dataclass(frozen=True)
@@ -39,13 +42,14 @@ class Limits:
     max_json_depth: int = 200
     max_chunks: int = 100_000
     max_v1_output: int = 1 << 30  # bytes a v1 file may decompress to, all chunks together
+    # Decoded pixels Artifact.image() accepts: 8192x8192 (as RGB, 192 MiB; as a float32 tensor, 768 MiB).
+    max_image_pixels: int = 8192 * 8192
 
 
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
     major: int
     minor: int
     index_offset: int
@@ -54,8 +58,7 @@ class Header:
     index_sha256: bytes
 
 
-@dataclass(frozen=True)
-class ChunkEntry:
+class ChunkEntry(NamedTuple):
     """One chunk as the index describes it; `info` holds the type-specific fields."""
 
     type: str
@@ -65,19 +68,20 @@ class ChunkEntry:
     sha256: str
     codec: str = "none"
     size: int = 0  # decoded size; equals length when codec is "none"
-    info: dict = field(default_factory=dict)
+    info: dict = {}
 
     def to_json(self) -> dict:
-        return {
-            "type": self.type,
-            "name": self.name,
-            "offset": self.offset,
-            "length": self.length,
-            "sha256": self.sha256,
-            "codec": self.codec,
-            "size": self.size,
-            **self.info,
-        }
+        return {"type": self.type, "name": self.name, "offset": self.offset, "length": self.length,
+                "sha256": self.sha256, "codec": self.codec, "size": self.size, **self.info}
+
+
+_ENTRY_FIELDS = ("type", "name", "offset", "length", "sha256", "codec", "size")
+_ENTRY_TYPES = (str, str, int, int, str, str, int)
+_entry_fields = operator.itemgetter(*_ENTRY_FIELDS)
+# The tuple constructor itself, without NamedTuple's argument handling: decode_index makes one per chunk of
+# every file opened, from values it has already checked.
+_new_entry = tuple.__new__
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def canonical_json(value) -> bytes:
@@ -87,14 +91,19 @@ def canonical_json(value) -> bytes:
     )
 
 
+def is_v1(head: bytes) -> bool:
+    """Whether these first bytes of a file start a v1 file (magic and major version 1)."""
+    return len(head) >= 7 and head[:6] == MAGIC and head[6] == 1
+
+
 def pack_header(index_offset: int, index_length: int, file_size: int, index_sha256: bytes) -> bytes:
     body = _HEADER_BODY.pack(MAGIC, MAJOR, MINOR, 0, HEADER_SIZE, index_offset, index_length, file_size, index_sha256)
-    return body + struct.pack("<I", zlib.crc32(body))
+    return body + _CRC.pack(zlib.crc32(body))
 
 
 def unpack_header(data: bytes, source: str) -> Header:
     """Parse and check the header; `data` holds at least the file's first bytes (maybe fewer than HEADER_SIZE)."""
-    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+    if data[: len(MAGIC)] != MAGIC:
         raise CorruptFileError(f"{source}: not a .raiiaf file (the first bytes are not the 'raiiaf' magic)")
     if len(data) < len(MAGIC) + 2:
         raise CorruptFileError(f"{source}: truncated header ({len(data)} bytes)")
@@ -109,13 +118,12 @@ def unpack_header(data: bytes, source: str) -> Header:
     if len(data) < HEADER_SIZE:
         raise CorruptFileError(f"{source}: truncated header ({len(data)} of {HEADER_SIZE} bytes)")
     body = data[: _HEADER_BODY.size]
-    (crc,) = struct.unpack_from("<I", data, _HEADER_BODY.size)
-    if zlib.crc32(body) != crc:
+    if zlib.crc32(body) != _CRC.unpack_from(data, _HEADER_BODY.size)[0]:
         raise CorruptFileError(f"{source}: damaged header (checksum mismatch)")
     _, _, _, flags, header_size, index_offset, index_length, file_size, index_sha256 = _HEADER_BODY.unpack(body)
     if flags != 0 or header_size != HEADER_SIZE or index_offset != HEADER_SIZE:
         raise CorruptFileError(f"{source}: header fields are inconsistent (flags={flags}, header_size={header_size})")
-    return Header(major, minor, index_offset, index_length, file_size, index_sha256)
+    return _new_entry(Header, (major, minor, index_offset, index_length, file_size, index_sha256))
 
 
 def check_header_against_file(header: Header, actual_size: int, source: str, limits: Limits) -> None:
@@ -130,17 +138,66 @@ def check_header_against_file(header: Header, actual_size: int, source: str, lim
         )
 
 
+# -- JSON as the format allows it ----------------------------------------------------------------------------
+
+class _NotJson(ValueError):
+    """A number JSON cannot hold: NaN, Infinity or a literal beyond float range (1e400)."""
+
+
+_INFINITY = float("inf")
+
+
+def _refuse_constant(literal: str):
+    raise _NotJson(literal)
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if value == _INFINITY or value == -_INFINITY:
+        raise _NotJson(literal)
+    return value
+
+
+def parse_json_text(text: str, constant=_refuse_constant):
+    """json.loads that refuses NaN, ±Infinity and out-of-range numbers (raising ValueError), which Python's
+    parser otherwise accepts; `constant` may map NaN/Infinity to a value instead (v1 files wrote them)."""
+    decoder = _DECODER if constant is _refuse_constant else \
+        json.JSONDecoder(parse_float=_finite_float, parse_constant=constant)
+    return decoder.decode(text)
+
+
+# Made once: json.loads with hooks builds a decoder per call, which costs more than parsing a small index.
+_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_refuse_constant)
+_SCAN = _DECODER.scan_once
+
+
+def _parse(text: str):
+    # The scanner itself when the text is one value and nothing else (canonical JSON always is); decode()
+    # for anything else: surrounding whitespace, trailing data, and the error messages.
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        end = -1
+    return value if end == len(text) else _DECODER.decode(text)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def decode_json(data: bytes, what: str, source: str, limits: Limits):
     """Parse JSON from a file, turning every failure (including nesting bombs) into CorruptFileError."""
     try:
-        value = json.loads(data.decode("utf-8"))
+        value = _parse(data.decode("utf-8"))
+    except _NotJson as exc:
+        raise CorruptFileError(f"{source}: {what} holds the number {str(exc)[:40]}, which JSON cannot hold "
+                               "(NaN, Infinity and values beyond float range are refused)") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CorruptFileError(f"{source}: {what} is not valid JSON ({type(exc).__name__})") from None
-    if _depth(value, limits.max_json_depth) > limits.max_json_depth:
-        raise LimitExceededError(f"{source}: {what} nests deeper than Limits.max_json_depth={limits.max_json_depth}")
+    limit = limits.max_json_depth
+    # The bound nesting_depth starts with, tested here first: it settles almost every file without a call.
+    if len(data.translate(None, _NOT_OPENING)) > limit and nesting_depth(data, value, limit) > limit:
+        raise LimitExceededError(f"{source}: {what} nests deeper than Limits.max_json_depth={limit}")
     # A "\udXXX" escape may parse to a lone surrogate, which no UTF-8 text can hold: refuse it here rather than
     # fail wherever the value is printed or saved later. Checked only when such an escape appears at all.
-    if b"\\ud" in data or b"\\uD" in data:
+    if b"\\" in data and _SURROGATE_ESCAPE.search(data):
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except (UnicodeEncodeError, RecursionError):
@@ -148,26 +205,59 @@ def decode_json(data: bytes, what: str, source: str, limits: Limits):
     return value
 
 
-def _depth(value, limit: int) -> int:
-    # Iterative so a hostile file cannot exhaust the stack here either; level by level, because this runs
-    # on every metadata read and a per-value Python loop cost more than json.loads itself.
-    deepest, level = 0, [value]
-    while level:
-        deepest += 1
-        if deepest > limit:
-            return deepest
-        children = []
+# Deletes every byte but brackets and quotes, and maps braces to brackets (both are just containers here).
+_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
+_NOT_OPENING = bytes(b for b in range(256) if b not in b"[{")
+
+
+def nesting_depth(text: bytes, value, limit: int) -> int:
+    """How many containers `value`, parsed from the JSON `text`, nests (a result over `limit` may be inexact).
+
+    Runs on every metadata read, so it works on the text with bytes methods where it can: what is left of
+    valid JSON once everything but brackets and quotes is deleted is its structure, provided no string holds
+    a bracket. Each pass of replace("[]") then removes exactly the innermost containers.
+    """
+    if len(text.translate(None, _NOT_OPENING)) <= limit:
+        return 0  # cannot nest deeper than it has opening brackets; the exact figure is not needed
+    if b"\\" in text:  # escaped backslashes, then escaped quotes: the quotes left delimit strings
+        text = text.replace(b"\\\\", b"").replace(b'\\"', b"")
+    marks = text.translate(_BRACKETS, _NOT_STRUCTURE)
+    quotes = marks.count(b'"')
+    if marks.count(b'""') * 2 != quotes:  # some string holds a bracket: count on the parsed value instead
+        return _walk_depth(value, limit)
+    structure = marks.translate(None, b'"') if quotes else marks
+    depth = 0
+    while structure and depth <= limit:
+        structure = structure.replace(b"[]", b"")
+        depth += 1
+    return depth
+
+
+def _walk_depth(value, limit: int) -> int:
+    # Iterative so a hostile file cannot exhaust the stack here either; level by level, which costs less than a
+    # stack of single values in Python.
+    depth, level = 0, [value]
+    while depth <= limit:
+        children, containers = [], False
         for node in level:
             kind = type(node)  # json.loads makes plain dicts and lists only; type() is cheaper than isinstance
             if kind is dict:
                 children.extend(node.values())
+                containers = True
             elif kind is list:
                 children.extend(node)
+                containers = True
+        if not containers:
+            return depth
+        depth += 1
         level = children
-    return deepest
+    return depth
 
 
-def encode_index(entries: list[ChunkEntry]) -> bytes:
+# -- the index ------------------------------------------------------------------------------------------------
+
+def encode_index(entries) -> bytes:
     return canonical_json({"chunks": [e.to_json() for e in entries]})
 
 
@@ -176,42 +266,52 @@ def decode_index(data: bytes, header: Header, source: str, limits: Limits) -> li
     if hashlib.sha256(data).digest() != header.index_sha256:
         raise CorruptFileError(f"{source}: damaged index (sha256 mismatch)")
     doc = decode_json(data, "index", source, limits)
-    chunks = doc.get("chunks") if isinstance(doc, dict) else None
-    if not isinstance(chunks, list):
+    chunks = doc.get("chunks") if type(doc) is dict else None
+    if type(chunks) is not list:
         raise CorruptFileError(f"{source}: index has no chunk list")
     if len(chunks) > limits.max_chunks:
         raise LimitExceededError(f"{source}: {len(chunks)} chunks, over Limits.max_chunks={limits.max_chunks}")
     entries = []
-    expected_offset = header.index_offset + header.index_length
+    offset = header.index_offset + header.index_length
+    fields, sha256_hex = _entry_fields, _SHA256_HEX.fullmatch
     for i, raw in enumerate(chunks):
-        entry = _entry_from_json(raw, i, source)
-        if entry.offset != expected_offset:
-            raise CorruptFileError(f"{source}: index chunk {i} starts at {entry.offset}, expected {expected_offset}")
-        expected_offset += entry.length
-        entries.append(entry)
-    if expected_offset != header.file_size:
-        raise CorruptFileError(f"{source}: chunks end at byte {expected_offset}, file has {header.file_size}")
+        # One test for the usual case (this runs for every chunk of every file opened); _entry_error says
+        # what is wrong otherwise. type() rather than isinstance: a bool is not an offset.
+        try:
+            kind, name, start, length, digest, codec, size = fields(raw)
+        except (KeyError, TypeError):
+            raise _entry_error(raw, i, offset, source) from None
+        if not (type(kind) is str and type(name) is str and type(start) is int and type(length) is int
+                and type(digest) is str and type(codec) is str and type(size) is int and start == offset
+                and length >= 0 and size >= 0 and (size == length or codec != "none") and sha256_hex(digest)):
+            raise _entry_error(raw, i, offset, source)
+        if len(raw) > len(_ENTRY_FIELDS):  # type-specific fields: what is left once the common ones are taken out
+            info = raw.copy()
+            del info["type"], info["name"], info["offset"], info["length"], info["sha256"], info["codec"], info["size"]
+        else:
+            info = {}
+        entries.append(_new_entry(ChunkEntry, (kind, name, start, length, digest, codec, size, info)))
+        offset += length
+    if offset != header.file_size:
+        raise CorruptFileError(f"{source}: chunks end at byte {offset}, file has {header.file_size}")
     return entries
 
 
-def _entry_from_json(raw, i: int, source: str) -> ChunkEntry:
-    def fail(why: str):
-        raise CorruptFileError(f"{source}: index chunk {i}: {why}")
+def _entry_error(raw, i: int, expected_offset: int, source: str) -> CorruptFileError:
+    def fail(why: str) -> CorruptFileError:
+        return CorruptFileError(f"{source}: index chunk {i}: {why}")
 
-    if not isinstance(raw, dict):
-        fail("not an object")
-    raw = dict(raw)
-    values = {}
-    for key, kind in (("type", str), ("name", str), ("offset", int), ("length", int), ("sha256", str),
-                      ("codec", str), ("size", int)):
-        value = raw.pop(key, None)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            fail(f"field '{key}' is missing or not a {kind.__name__}")
-        values[key] = value
-    if values["offset"] < 0 or values["length"] < 0 or values["size"] < 0:
-        fail("negative offset or size")
-    if len(values["sha256"]) != 64 or not set(values["sha256"]) <= _HEX:
-        fail("malformed sha256")
-    if values["codec"] == "none" and values["size"] != values["length"]:
-        fail("size differs from length for an uncompressed chunk")
-    return ChunkEntry(info=raw, **values)
+    if type(raw) is not dict:
+        return fail("not an object")
+    for key, kind in zip(_ENTRY_FIELDS, _ENTRY_TYPES):
+        if key not in raw:
+            return fail(f"field '{key}' is missing")
+        if type(raw[key]) is not kind:
+            return fail(f"field '{key}' is not a {kind.__name__}")
+    if raw["offset"] != expected_offset:
+        return CorruptFileError(f"{source}: index chunk {i} starts at {raw['offset']}, expected {expected_offset}")
+    if raw["length"] < 0 or raw["size"] < 0:
+        return fail("negative offset or size")
+    if raw["codec"] == "none" and raw["size"] != raw["length"]:
+        return fail("size differs from length for an uncompressed chunk")
+    return fail("malformed sha256")

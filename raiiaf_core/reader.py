@@ -1,62 +1,37 @@
-"""Lazy, checked reading of .raiiaf files: open reads the header and index, each part is read when asked for."""
+"""Lazy, checked reading of .raiiaf files: open reads the header and index, each part is read when asked for.
+
+What each chunk type means is the table in chunks.py; this module finds chunks, reads and hash-checks their
+bytes from a source, and serves them through Artifact's accessors.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
+import threading
 from pathlib import Path
 
-from . import images, layout, tensors
+from . import chunks, images, layout
 from .errors import CorruptFileError, LimitExceededError, RaiiafError, ReadError
 
 _HASH_BLOCK = 1 << 20
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)  # a FIFO must not block
 
 
 class _Source:
-    """Positional reads from a path (opened per read) or from a seekable binary file object."""
+    """Where an artifact's bytes are: positional reads of a known size, and the first bytes, read on opening.
 
-    def __init__(self, source):
-        if isinstance(source, (str, os.PathLike)):
-            self.path, self.file = Path(source), None
-            self.name = str(source)
-            try:
-                st = os.stat(source)
-            except OSError as exc:
-                raise ReadError(f"{source}: cannot read ({exc.strerror or exc})") from None
-            # Opening a FIFO blocks until someone writes to it; devices and folders have no meaningful size.
-            if not stat.S_ISREG(st.st_mode):
-                raise ReadError(f"{source}: not a regular file")
-            self.size = st.st_size
-            # Each read opens the path again (an open handle would keep other processes from replacing the file
-            # on Windows), so a save may replace it between two reads: each read checks it still has the file
-            # it started with, and a replaced file reads as replaced, not as damaged.
-            self.identity = _identity(st)
-        else:
-            self.path, self.file = None, source
-            self.name = str(getattr(source, "name", "<stream>"))
-            try:
-                self.size = source.seek(0, os.SEEK_END)
-            except (OSError, AttributeError, ValueError) as exc:
-                raise ReadError(f"{self.name}: not a seekable binary file ({exc})") from None
+    Subclasses: a path, a seekable file object, bytes in memory. Anything that can answer read(offset, length)
+    with checked-later bytes can hold a .raiiaf (a private chunk of a PNG, for one).
+    """
+
+    __slots__ = ("name", "size", "head")  # head: the first min(size, head_length) bytes
+    path: Path | None = None
 
     def read(self, offset: int, length: int) -> bytes:
-        try:
-            if self.file is None:
-                with open(self.path, "rb") as f:
-                    if _identity(os.fstat(f.fileno())) != self.identity:
-                        raise ReadError(f"{self.name}: the file was replaced or changed since it was opened; open it "
-                                        "again")
-                    f.seek(offset)
-                    data = f.read(length)
-            else:
-                self.file.seek(offset)
-                data = self.file.read(length)
-        except OSError as exc:
-            raise ReadError(f"{self.name}: cannot read ({exc.strerror or exc})") from None
-        if len(data) != length:
-            raise CorruptFileError(f"{self.name}: file changed or was truncated while being read")
-        return data
+        raise NotImplementedError
 
     def hash(self, offset: int, length: int) -> str:
         digest = hashlib.sha256()
@@ -64,140 +39,275 @@ class _Source:
             digest.update(self.read(start, min(_HASH_BLOCK, offset + length - start)))
         return digest.hexdigest()
 
+    def _short(self, data: bytes, length: int) -> bytes:
+        if len(data) != length:
+            raise CorruptFileError(f"{self.name}: file changed or was truncated while being read")
+        return data
+
+
+class _FileSource(_Source):
+    """A path, opened again for each read.
+
+    An open handle would keep other processes from replacing the file on Windows, so a save may replace it
+    between two reads: each read checks it still has the file it started with, and a replaced file reads as
+    replaced, not as damaged.
+    """
+
+    __slots__ = ("_path", "_identity")
+
+    def __init__(self, path, head_length: int):
+        self._path, self.name = path, str(path)
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+            try:
+                st = os.fstat(fd)
+                # Devices and folders have no meaningful size (and a FIFO would have blocked a plain open).
+                if not stat.S_ISREG(st.st_mode):
+                    raise ReadError(f"{self.name}: not a regular file")
+                self.size = size = st.st_size
+                self._identity = (st.st_dev, st.st_ino, size, st.st_mtime_ns)
+                head = _pread(fd, head_length if size > head_length else size, 0)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise ReadError(f"{self.name}: cannot read ({exc.strerror or exc})") from None
+        if len(head) < head_length and len(head) < size:
+            raise CorruptFileError(f"{self.name}: file changed or was truncated while being read")
+        self.head = head
+
+    @property
+    def path(self) -> Path:
+        return Path(self._path)
+
+    def read(self, offset: int, length: int) -> bytes:
+        try:
+            fd = os.open(self._path, _OPEN_FLAGS)
+            try:
+                if _identity(os.fstat(fd)) != self._identity:
+                    raise ReadError(f"{self.name}: the file was replaced or changed since it was opened; open it "
+                                    "again")
+                data = _pread(fd, length, offset)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise ReadError(f"{self.name}: cannot read ({exc.strerror or exc})") from None
+        return self._short(data, length)
+
+
+def _pread(fd: int, length: int, offset: int) -> bytes:
+    """Up to `length` bytes at `offset` (fewer only at the end of the file)."""
+    if _PREAD is not None:
+        data = _PREAD(fd, length, offset)
+        if len(data) == length or not data:
+            return data
+        pieces = [data]  # a short read before the end of the file (rare; a signal, a network filesystem)
+    else:  # Windows
+        os.lseek(fd, offset, os.SEEK_SET)
+        pieces = []
+    got = sum(map(len, pieces))
+    while got < length:
+        piece = _PREAD(fd, length - got, offset + got) if _PREAD is not None else os.read(fd, length - got)
+        if not piece:
+            break
+        pieces.append(piece)
+        got += len(piece)
+    return b"".join(pieces)
+
+
+_PREAD = getattr(os, "pread", None)
+
 
 def _identity(st) -> tuple:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
+class _StreamSource(_Source):
+    """A seekable binary file object, read where asked."""
+
+    def __init__(self, file, head_length: int):
+        self.file, self.name = file, str(getattr(file, "name", "<stream>"))
+        try:
+            self.size = file.seek(0, os.SEEK_END)
+        except (OSError, AttributeError, ValueError) as exc:
+            raise ReadError(f"{self.name}: not a seekable binary file ({exc})") from None
+        self.head = self.read(0, min(head_length, self.size))
+
+    def read(self, offset: int, length: int) -> bytes:
+        try:
+            self.file.seek(offset)
+            data = self.file.read(length)
+        except OSError as exc:
+            raise ReadError(f"{self.name}: cannot read ({exc.strerror or exc})") from None
+        return self._short(data, length)
+
+
+class _MemorySource(_Source):
+    """Bytes held in memory (a v1 file, translated to the v2 layout)."""
+
+    def __init__(self, data: bytes, name: str, path: Path | None, head_length: int):
+        self.data, self.name, self.path, self.size = data, name, path, len(data)
+        self.head = data[:head_length]
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._short(self.data[offset:offset + length], length)
+
+
+_ZSTD = threading.local()  # a decompression context per thread: creating one costs more than decoding a record
+
+
+def _zstd_decompressor():
+    decompressor = getattr(_ZSTD, "decompressor", None)
+    if decompressor is None:
+        import zstandard
+
+        decompressor = _ZSTD.decompressor = zstandard.ZstdDecompressor()
+    return decompressor
+
+
 class Artifact:
     """One .raiiaf file (v2, or v1 from the raiiaf 1.x library). Cheap to open; reads parts on demand."""
 
+    __slots__ = ("limits", "name", "size", "version", "index_sha256", "chunks", "_origin", "_source", "_parts",
+                 "_json_cache")
+
     def __init__(self, source, limits: layout.Limits = layout.DEFAULT_LIMITS):
-        self._source = _Source(source)
-        self._limits = limits
-        self._cache: dict = {}
-        self.name = self._source.name
-        self.path = self._source.path
-        first = self._source.read(0, min(layout.FIRST_READ, self._source.size))
-        if first[:6] == layout.MAGIC and len(first) > 6 and first[6] == 1:  # written by the raiiaf 1.x library
-            self._open_v1()
-            return
-        header = layout.unpack_header(first, self.name)
-        layout.check_header_against_file(header, self._source.size, self.name, limits)
+        self.limits = limits
+        if isinstance(source, _Source):
+            src = source
+        elif isinstance(source, (str, os.PathLike)):
+            src = _FileSource(source, layout.FIRST_READ)
+        else:
+            src = _StreamSource(source, layout.FIRST_READ)
+        self._origin, self.name, self.size = src, src.name, src.size
+        self.version = None
+        head = src.head
+        if head[6:7] == b"\x01" and layout.is_v1(head):  # written by the raiiaf 1.x library
+            src = self._translate_v1(src)
+            head = src.head
+        self._source = src
+        header = layout.unpack_header(head, self.name)
+        layout.check_header_against_file(header, src.size, self.name, limits)
+        self.version = self.version or (header.major, header.minor)
+        # The header's checksum of the index; v1 files have none (this header is their in-memory translation's).
+        self.index_sha256 = header.index_sha256.hex() if src is self._origin else None
         index_end = header.index_offset + header.index_length
-        index = first[header.index_offset:index_end] if index_end <= len(first) else \
-            self._source.read(header.index_offset, header.index_length)
-        self.version = (header.major, header.minor)
-        self.index_sha256 = header.index_sha256.hex()
-        self._first = first  # small parts right after the index come from this buffer, not from disk
-        self._payloads: dict = {}
+        index = head[header.index_offset:index_end] if index_end <= len(head) else \
+            src.read(header.index_offset, header.index_length)
+        self._json_cache: dict = {}
         self._set_entries(layout.decode_index(index, header, self.name, limits))
 
-    def _open_v1(self) -> None:
-        from . import v1
+    def _translate_v1(self, src: _Source) -> _Source:
+        """The v1 file, checked and decoded, rewritten in memory as the v2 file the writer makes of it."""
+        from . import v1, writer
 
-        contents = v1.parse_v1(self._source.read(0, self._source.size), self.name,
-                               max_output=self._limits.max_v1_output)
+        limits = self.limits
+        contents = v1.parse_v1(src.read(0, src.size), self.name, max_output=limits.max_v1_output,
+                               max_json=limits.max_json_bytes, max_depth=limits.max_json_depth)
         self.version = contents.version
-        self.index_sha256 = None  # v1 files have no index checksum
-        self._first = b""
-        self._payloads = {}
-        entries = []
-        parts = [("metadata", "", layout.canonical_json(contents.metadata), {}),
-                 ("environment", "", layout.canonical_json(contents.environment), {})]
-        for name, array in contents.tensors.items():
-            payload, info = tensors.encode(name, array)
-            parts.append(("tensor", name, payload, {"dtype": info.dtype, "shape": list(info.shape)}))
-        if contents.image is not None:
-            parts.append(("image", "", contents.image, {"format": contents.image_format}))
-        for kind, name, payload, info in parts:
-            entry = layout.ChunkEntry(kind, name, -1, len(payload), hashlib.sha256(payload).hexdigest(),
-                                      "none", len(payload), info)
-            self._payloads[(kind, name)] = payload
-            entries.append(entry)
-        self._set_entries(entries)
+        data = b"".join(writer.build(contents.image, contents.tensors, contents.metadata, contents.environment))
+        return _MemorySource(data, self.name, src.path, layout.FIRST_READ)
 
     def _set_entries(self, entries) -> None:
         self.chunks = tuple(entries)
-        self._entries: dict = {}
+        self._parts = parts = {}  # (role, name) -> (handler, entry, spec), the chunks the accessors serve
+        handler_for = chunks.handler_for
         for entry in entries:
-            key = (entry.type, entry.name)
-            if key in self._entries:
-                raise CorruptFileError(f"{self.name}: two '{entry.type}' chunks named '{entry.name}'")
-            self._entries[key] = entry
-        if ("metadata", "") not in self._entries:
-            raise CorruptFileError(f"{self.name}: no metadata chunk")
-        self._tensor_infos = {}
-        for entry in entries:
-            if entry.type == "tensor":
-                shape, dtype = entry.info.get("shape"), entry.info.get("dtype")
-                if not isinstance(dtype, str) or not isinstance(shape, list) or \
-                        not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-                    raise CorruptFileError(f"{self.name}: index entry of tensor '{entry.name}' is malformed")
-                self._tensor_infos[entry.name] = tensors.TensorInfo(entry.name, dtype, tuple(shape))
+            handler = handler_for(entry)
+            spec = handler.check(self, entry) if handler.checks else None
+            if handler.role is not None:
+                key = (handler.role, entry.name)
+                if key in parts:
+                    raise CorruptFileError(f"{self.name}: two {handler.role} chunks named '{entry.name}'")
+                parts[key] = (handler, entry, spec)
+        if len(parts) != len(entries):  # chunks no accessor serves: still, (type, name) is unique in a file
+            seen = set()
+            for entry in entries:
+                if (entry.type, entry.name) in seen:
+                    raise CorruptFileError(f"{self.name}: two '{entry.type}' chunks named '{entry.name}'")
+                seen.add((entry.type, entry.name))
+        for handler in chunks.REQUIRED:
+            if (handler.role, "") not in parts:
+                raise CorruptFileError(f"{self.name}: no {handler.type} chunk")
 
-    # -- raw chunk access -------------------------------------------------------------------------
+    # -- chunk bytes, for the handlers ----------------------------------------------------------------------
 
-    def _describe(self, entry) -> str:
-        what = f"{entry.type} chunk" + (f" '{entry.name}'" if entry.name else "")
-        return f"{self.name}: {what}"
+    def describe(self, entry) -> str:
+        return f"{self.name}: {entry.type} chunk" + (f" '{entry.name}'" if entry.name else "")
 
     def _raw(self, entry) -> bytes:
         """The chunk's stored bytes, checked against the index's sha256."""
-        key = (entry.type, entry.name)
-        if key in self._payloads:
-            return self._payloads[key]
         end = entry.offset + entry.length
-        data = self._first[entry.offset:end] if end <= len(self._first) else \
-            self._source.read(entry.offset, entry.length)
+        head = self._source.head
+        data = head[entry.offset:end] if end <= len(head) else self._source.read(entry.offset, entry.length)
         if hashlib.sha256(data).hexdigest() != entry.sha256:
-            raise CorruptFileError(f"{self._describe(entry)} is damaged (sha256 mismatch)")
+            raise CorruptFileError(f"{self.describe(entry)} is damaged (sha256 mismatch)")
         return data
 
-    def _decoded(self, entry) -> bytes:
+    def check_hash(self, entry) -> None:
+        if entry.length <= _HASH_BLOCK:
+            self._raw(entry)
+        elif self._source.hash(entry.offset, entry.length) != entry.sha256:  # in blocks: never all in memory
+            raise CorruptFileError(f"{self.describe(entry)} is damaged (sha256 mismatch)")
+
+    def decoded(self, entry) -> bytes:
+        """The chunk's payload as stored before encoding: hash-checked, then decompressed within the limits."""
         data = self._raw(entry)
         if entry.codec == "none":
             return data
         if entry.codec != "zstd":
-            raise CorruptFileError(f"{self._describe(entry)} uses codec '{entry.codec}', unknown to this reader")
-        if entry.size > self._limits.max_json_bytes:
-            raise LimitExceededError(f"{self._describe(entry)} decodes to {entry.size} bytes, over "
-                                     f"Limits.max_json_bytes={self._limits.max_json_bytes}")
-        import io
+            raise CorruptFileError(f"{self.describe(entry)} uses codec '{entry.codec}', unknown to this reader")
+        limit = self.limits.max_json_bytes
+        if entry.size > limit:
+            raise LimitExceededError(f"{self.describe(entry)} decodes to {entry.size} bytes, over "
+                                     f"Limits.max_json_bytes={limit}")
+        return self._unzstd(data, entry)
 
+    def _unzstd(self, data: bytes, entry) -> bytes:
         import zstandard
 
+        try:
+            if zstandard.frame_content_size(data) == entry.size:
+                # The frame records the size the index gives: decoded in one call into a buffer of that size,
+                # which zstd does not let the frame overrun.
+                out = _zstd_decompressor().decompress(data)
+            else:
+                out = self._unzstd_bounded(data, entry.size)
+        except zstandard.ZstdError as exc:
+            raise CorruptFileError(f"{self.describe(entry)} does not decompress ({exc})") from None
+        if len(out) != entry.size:
+            raise CorruptFileError(f"{self.describe(entry)} decompressed to {len(out)} bytes, index says {entry.size}")
+        return out
+
+    @staticmethod
+    def _unzstd_bounded(data: bytes, size: int) -> bytes:
         # Read in blocks, up to one byte past the declared size: memory follows what the frame really decodes
         # to, so a small chunk declaring a huge size cannot make us allocate that size up front. (BytesIO
         # hands its buffer over in getvalue() without a second copy.)
         decoded = io.BytesIO()
-        try:
-            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as stream:
-                while decoded.tell() <= entry.size:
-                    piece = stream.read(min(_HASH_BLOCK, entry.size + 1 - decoded.tell()))
-                    if not piece:
-                        break
-                    decoded.write(piece)
-        except zstandard.ZstdError as exc:
-            raise CorruptFileError(f"{self._describe(entry)} does not decompress ({exc})") from None
-        out = decoded.getvalue()
-        if len(out) != entry.size:
-            raise CorruptFileError(f"{self._describe(entry)} decompressed to {len(out)} bytes, index says {entry.size}")
-        return out
+        with _zstd_decompressor().stream_reader(io.BytesIO(data)) as stream:
+            while decoded.tell() <= size:
+                piece = stream.read(min(_HASH_BLOCK, size + 1 - decoded.tell()))
+                if not piece:
+                    break
+                decoded.write(piece)
+        return decoded.getvalue()
+
+    # -- public surface -------------------------------------------------------------------------------------
+
+    @property
+    def path(self):
+        """The file's path, or None for a file object."""
+        return self._origin.path
+
+    def _part(self, role: str, name: str = ""):
+        return self._parts.get((role, name))
 
     def _json(self, kind: str) -> dict:
-        if kind not in self._cache:
-            entry = self._entries.get((kind, ""))
-            if entry is None:
-                self._cache[kind] = {}
-            else:
-                value = layout.decode_json(self._decoded(entry), f"{kind} chunk", self.name, self._limits)
-                if not isinstance(value, dict):
-                    raise CorruptFileError(f"{self._describe(entry)} is not a JSON object")
-                self._cache[kind] = value
-        return self._cache[kind]
-
-    # -- public surface -------------------------------------------------------------------------------
+        value = self._json_cache.get(kind)
+        if value is None:
+            part = self._parts.get((kind, ""))
+            value = self._json_cache[kind] = {} if part is None else part[0].read(self, part[1])
+        return value
 
     @property
     def metadata(self) -> dict:
@@ -209,86 +319,65 @@ class Artifact:
 
     @property
     def has_image(self) -> bool:
-        return ("image", "") in self._entries
+        return self._part("image") is not None
 
     @property
     def image_format(self):
-        entry = self._entries.get(("image", ""))
-        return entry.info.get("format") if entry else None
+        part = self._part("image")
+        return part[2].format if part else None
+
+    def _image(self) -> tuple:
+        part = self._part("image")
+        if part is None:
+            raise RaiiafError(f"{self.name}: the file holds no image")
+        handler, entry, spec = part
+        return handler.read(self, entry, spec)
 
     @property
     def image_size(self):
-        """(width, height) as recorded in the index, without reading the image."""
-        entry = self._entries.get(("image", ""))
-        if entry and isinstance(entry.info.get("width"), int) and isinstance(entry.info.get("height"), int):
-            return entry.info["width"], entry.info["height"]
-        return None
+        """(width, height) from the stored image's own header (the image is read and checked), or None."""
+        return self._image()[1] if self.has_image else None
 
     def image_bytes(self) -> bytes:
-        entry = self._entries.get(("image", ""))
-        if entry is None:
-            raise RaiiafError(f"{self.name}: the file holds no image")
-        data = self._decoded(entry)
-        if images.sniff_format(data) != entry.info.get("format"):
-            raise CorruptFileError(f"{self._describe(entry)} is not the {entry.info.get('format')} image the index says")
-        return data
+        """The image file exactly as stored, checked against its sha256 and the index's format and size."""
+        return self._image()[0]
 
     def image(self):
-        """The stored image as a PIL image (needs Pillow)."""
-        return images.to_pil(self.image_bytes(), self.name)
+        """The stored image as a PIL image (needs Pillow); refuses more than Limits.max_image_pixels."""
+        data, size = self._image()
+        return images.to_pil(data, size, f"{self.name}: image chunk", self.limits.max_image_pixels)
 
     @property
     def tensor_names(self) -> list:
-        return list(self._tensor_infos)
+        return [name for role, name in self._parts if role == "tensor"]
 
-    def tensor_info(self, name: str) -> tensors.TensorInfo:
-        try:
-            return self._tensor_infos[name]
-        except KeyError:
-            raise RaiiafError(f"{self.name}: no tensor named '{name}' (has: {', '.join(self._tensor_infos) or 'none'})") \
-                from None
+    def _tensor(self, name: str) -> tuple:
+        part = self._parts.get(("tensor", name))
+        if part is None:
+            raise RaiiafError(f"{self.name}: no tensor named '{name}' (has: {', '.join(self.tensor_names) or 'none'})")
+        return part
+
+    def tensor_info(self, name: str):
+        return self._tensor(name)[2]
 
     def load_tensor(self, name: str, framework: str = "numpy"):
-        payload, where = self._checked_tensor(name)
-        return tensors.decode(payload, self._tensor_infos[name], framework, where)
-
-    def _checked_tensor(self, name: str) -> tuple:
-        """The tensor's blob, hash-checked and with a safetensors header that agrees with the index."""
-        info = self.tensor_info(name)
-        entry = self._entries[("tensor", name)]
-        where = self._describe(entry)
-        payload = self._decoded(entry)
-        if tensors.parse_header(payload, name, where) != info:
-            raise CorruptFileError(f"{where}: safetensors header disagrees with the index")
-        return payload, where
+        handler, entry, spec = self._tensor(name)
+        return handler.load(self, entry, spec, framework)
 
     def load_tensors(self, framework: str = "numpy") -> dict:
-        return {name: self.load_tensor(name, framework) for name in self._tensor_infos}
+        return {name: self.load_tensor(name, framework) for name in self.tensor_names}
 
     def tensor_bytes(self, name: str) -> bytes:
         """The tensor's checked safetensors blob, as stored (a complete .safetensors file of one tensor)."""
-        self.tensor_info(name)
-        return self._decoded(self._entries[("tensor", name)])
+        handler, entry, spec = self._tensor(name)
+        return handler.payload(self, entry, spec)
 
     def verify(self) -> None:
         """Read every chunk and check it; raises CorruptFileError naming the first damaged part."""
         for entry in self.chunks:
-            # The accessors read only the unnamed image, metadata and environment chunks; named ones (from
-            # newer writers) are checked below like any chunk this reader does not know.
-            part = (entry.type, entry.name)
-            if part == ("image", ""):
-                self.image_bytes()
-            elif entry.type == "tensor":
-                tensors.check_loadable(*self._checked_tensor(entry.name))
-            elif part in (("metadata", ""), ("environment", "")):
-                self._cache.pop(entry.type, None)
-                self._json(entry.type)
-            elif entry.length > _HASH_BLOCK and part not in self._payloads:
-                # Chunk types from newer writers are skipped by readers, but verify still checks their bytes.
-                if self._source.hash(entry.offset, entry.length) != entry.sha256:
-                    raise CorruptFileError(f"{self._describe(entry)} is damaged (sha256 mismatch)")
-            else:
-                self._raw(entry)
+            handler = chunks.handler_for(entry)
+            part = self._parts.get((handler.role, entry.name)) if handler.role is not None else None
+            handler.verify(self, entry, part[2] if part else None)
 
     def __repr__(self) -> str:
         return f"<raiiaf.Artifact {self.name} v{self.version[0]}.{self.version[1]} tensors={self.tensor_names}>"

@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 
 from .errors import MetadataError
+from .layout import DEFAULT_LIMITS
+
+# What a reader accepts by default: a file nested deeper would be written but refused when read.
+MAX_DEPTH = DEFAULT_LIMITS.max_json_depth
 
 SCHEMA_VERSION = 1
 
@@ -82,31 +86,61 @@ def validate(metadata, tensor_names) -> dict:
 
 
 def to_json_value(value, path: str):
-    """Copy `value` into plain JSON types, naming the first field that JSON cannot hold exactly."""
+    """Copy `value` into plain JSON types, naming the first field that JSON cannot hold exactly.
+
+    Containers nested deeper than MAX_DEPTH are refused: the copy recurses once per level. Field names are
+    built only for the message: a long key over a long list would otherwise be copied into every item's name.
+    """
+    return _copy(value, (None, path), 0)
+
+
+def _copy(value, where: tuple, depth: int):
     if isinstance(value, str):
         if not _is_text(value):
-            raise MetadataError(f"metadata field '{path}' is not valid Unicode text: {_describe(value)}")
+            raise MetadataError(f"metadata field '{_field(where)}' is not valid Unicode text: {_describe(value)}")
         return value
     if value is None or isinstance(value, bool) or _is_int(value):
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise MetadataError(f"metadata field '{path}' is {value}, which JSON cannot store")
+            raise MetadataError(f"metadata field '{_field(where)}' is {value}, which JSON cannot store")
         return value
+    if isinstance(value, (dict, list, tuple)) and depth >= MAX_DEPTH:
+        raise MetadataError(f"metadata field '{_field(where)}' nests deeper than {MAX_DEPTH} levels, what readers "
+                            "accept (Limits.max_json_depth)")
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise MetadataError(f"metadata field '{path}' has a non-string key {key!r}")
+                raise MetadataError(f"metadata field '{_field(where)}' has a non-string key {_describe(key)}")
             if not _is_text(key):
-                raise MetadataError(f"metadata field '{path}' has a key that is not valid Unicode text: {key!r}")
-            out[key] = to_json_value(item, key if path == "metadata" else f"{path}.{key}")
+                raise MetadataError(f"metadata field '{_field(where)}' has a key that is not valid Unicode text: "
+                                    f"{key[:60]!r}")
+            out[key] = _copy(item, (where, key), depth + 1)
         return out
     if isinstance(value, (list, tuple)):
-        return [to_json_value(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [_copy(item, (where, i), depth + 1) for i, item in enumerate(value)]
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / torch scalars
-        return to_json_value(value.item(), path)
-    raise MetadataError(f"metadata field '{path}' holds a {type(value).__name__}, which is not a JSON value")
+        return _copy(value.item(), where, depth)
+    raise MetadataError(f"metadata field '{_field(where)}' holds a {type(value).__name__}, which is not a JSON value")
+
+
+def _field(where: tuple) -> str:
+    """'extra.steps[3]' from the chain (((None, 'metadata'), 'extra'), 'steps'), 3); top-level metadata fields
+    are named without 'metadata.'; every name is shortened, so is the whole."""
+    pieces = []
+    while where is not None:
+        where, piece = where
+        pieces.append(piece)
+    root, *rest = reversed(pieces)
+    text = "" if rest and root == "metadata" else root
+    for piece in rest:
+        if isinstance(piece, int):
+            text += f"[{piece}]"
+        else:
+            piece = piece if len(piece) <= 60 else f"{piece[:50]}…"
+            text = f"{text}.{piece}" if text else piece
+    return text if len(text) <= 200 else f"{text[:120]}…{text[-60:]}"
 
 
 def _is_text(value: str) -> bool:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import CorruptFileError, MissingDependencyError, TensorError
+from .layout import parse_json_text
 
 # safetensors dtype codes and the names users know them by (torch's and numpy's, which agree).
 DTYPE_NAMES = {
@@ -20,8 +20,7 @@ DTYPE_NAMES = {
 MAX_RANK = 8
 
 
-@dataclass(frozen=True)
-class TensorInfo:
+class TensorInfo(NamedTuple):  # a tuple: one is made per tensor of every file opened
     name: str
     dtype: str
     shape: tuple
@@ -84,8 +83,8 @@ def parse_header(payload: bytes, name: str, where: str) -> TensorInfo:
     if header_len > len(payload) - 8:
         raise CorruptFileError(f"{where}: safetensors header length exceeds the chunk")
     try:
-        header = json.loads(payload[8 : 8 + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        header = parse_json_text(payload[8 : 8 + header_len].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):  # NaN, Infinity and 1e400 included
         raise CorruptFileError(f"{where}: safetensors header is not valid JSON") from None
     if not isinstance(header, dict):
         raise CorruptFileError(f"{where}: safetensors header is not an object")

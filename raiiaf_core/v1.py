@@ -29,13 +29,13 @@ from dataclasses import dataclass
 import numpy as np
 import zstandard
 
-from . import images
+from . import images, layout
 from .errors import CorruptFileError, LimitExceededError, MissingDependencyError
+from .layout import MAGIC, is_v1  # noqa: F401 - is_v1 is part of this module's interface
 from .tensors import MAX_RANK
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"raiiaf"
 _HEADER = struct.Struct("<6sBBBIIIQI")
 _FRAME = struct.Struct("<4s4sI")
 _PLAIN_FLAGS = b"0000"  # the flags v1 wrote on DATA, ENVC and META frames
@@ -67,26 +67,26 @@ class V1Contents:
     environment: dict  # the v1 ENVC chunk ({} if none)
 
 
-def is_v1(header: bytes) -> bool:
-    """Whether these first bytes of a file start a v1 file (magic and major version 1)."""
-    return len(header) >= 7 and header[:6] == MAGIC and header[6] == 1
-
-
-def parse_v1(data: bytes, source: str, *, max_output: int = 1 << 30) -> V1Contents:
+def parse_v1(data: bytes, source: str, *, max_output: int = layout.DEFAULT_LIMITS.max_v1_output,
+             max_json: int = layout.DEFAULT_LIMITS.max_json_bytes,
+             max_depth: int = layout.DEFAULT_LIMITS.max_json_depth) -> V1Contents:
     """Parse a whole v1 file held in memory.
 
     ``source`` names the file in error messages. ``max_output`` bounds the bytes that
-    decompression may produce for the whole file. Raises CorruptFileError (or its subclass
-    LimitExceededError) for any damage, MissingDependencyError when a zfp latent meets no zfpy.
+    decompression may produce for the whole file, ``max_json`` the decoded size of each JSON part
+    (manifest, environment) and ``max_depth`` their nesting, as Limits does for v2 files. Raises
+    CorruptFileError (or its subclass LimitExceededError) for any damage, MissingDependencyError
+    when a zfp latent meets no zfpy.
     """
-    return _Reader(data, source, max_output).read()
+    return _Reader(data, source, max_output, max_json, max_depth).read()
 
 
 class _Reader:
-    def __init__(self, data: bytes, source: str, max_output: int):
+    def __init__(self, data: bytes, source: str, max_output: int, max_json: int, max_depth: int):
         self.data = memoryview(data)
         self.source = source
         self.output_left = max_output
+        self.max_json, self.max_depth = max_json, max_depth
 
     def fail(self, part: str, problem: str) -> CorruptFileError:
         return CorruptFileError(f"{self.source}: {part}: {problem}")
@@ -170,7 +170,7 @@ class _Reader:
     # --- building blocks ---------------------------------------------------------------
 
     def manifest(self, frame: memoryview) -> dict:
-        body = self.unzstd(frame, None, "manifest")
+        body = self.unzstd(frame, None, "manifest", json_part=True)
         doc = self.parse_json(self.unframe(body, b"META", _PLAIN_FLAGS, "manifest"), "manifest")
         inner = doc.get("raiiaf_metadata") if isinstance(doc, dict) else None
         if not isinstance(inner, dict) or not isinstance(inner.get("chunks"), list):
@@ -183,17 +183,26 @@ class _Reader:
             log.warning("%s: %s holds %s; read as null", self.source, part, name)
             return None
 
+        text = bytes(raw)
+        if len(text) > self.max_json:
+            raise LimitExceededError(f"{self.source}: {part}: {len(text):,} bytes of JSON, over "
+                                     f"Limits.max_json_bytes={self.max_json:,}")
         try:
-            value = json.loads(bytes(raw).decode("utf-8"), parse_constant=non_json)
+            value = layout.parse_json_text(text.decode("utf-8"), constant=non_json)
             # A "\ud800" escape parses to a lone surrogate, which no UTF-8 text can hold: refuse it here,
             # not when the metadata is encoded or printed later.
             json.dumps(value, ensure_ascii=False).encode("utf-8")
-            return value
         except (ValueError, RecursionError) as exc:  # JSONDecodeError and Unicode errors are ValueErrors
-            raise self.fail(part, f"not valid UTF-8 JSON ({exc})") from None
+            raise self.fail(part, f"not valid UTF-8 JSON ({str(exc)[:200]})") from None
+        # Two levels under the limit: the reader nests the manifest under metadata.host.raiiaf_v1.
+        if layout.nesting_depth(text, value, self.max_depth) > self.max_depth - 2:
+            raise LimitExceededError(f"{self.source}: {part}: nests deeper than Limits.max_json_depth="
+                                     f"{self.max_depth} allows for a v1 file")
+        return value
 
-    def unzstd(self, frame: memoryview, expected: int | None, part: str) -> bytes:
-        """Decompress one zstd frame that must fill the chunk exactly (and hold expected bytes)."""
+    def unzstd(self, frame: memoryview, expected: int | None, part: str, json_part: bool = False) -> bytes:
+        """Decompress one zstd frame that must fill the chunk exactly (and hold expected bytes); a JSON part
+        may decode to no more than max_json bytes."""
         try:
             declared = zstandard.frame_content_size(frame)
         except zstandard.ZstdError as exc:
@@ -205,6 +214,10 @@ class _Reader:
             raise self.fail(part, f"zstd frame holds {declared} bytes, the manifest implies {expected}")
         if declared > len(frame) * _ZSTD_MAX_RATIO:
             raise self.fail(part, f"zstd frame claims {declared} bytes, impossible from {len(frame)} bytes")
+        # The frame holds a 12-byte chunk frame, then the JSON text.
+        if json_part and declared > self.max_json + _FRAME.size:
+            raise LimitExceededError(f"{self.source}: {part}: decodes to {declared:,} bytes, over "
+                                     f"Limits.max_json_bytes={self.max_json:,}")
         self.spend(part, declared)
         # Streamed: decompress() would allocate the declared size before decoding a byte, so a few KiB claiming
         # a GiB would reserve it (and raise MemoryError where address space is capped). zstd itself stops a
@@ -233,7 +246,8 @@ class _Reader:
     def framed(self, record: dict, chunk: memoryview, kind: bytes, part: str):
         """Payload of a DATA or ENVC chunk, checked against its record's size and sha256."""
         size = self.size(record, "uncompressed_size", part)
-        body = self.unzstd(chunk, _FRAME.size + size, part) if self.flag(record, part) else chunk
+        body = self.unzstd(chunk, _FRAME.size + size, part, json_part=kind == b"ENVC") if self.flag(record, part) \
+            else chunk
         payload = self.unframe(body, kind, _PLAIN_FLAGS, part)
         if len(payload) != size:
             raise self.fail(part, f"holds {len(payload)} bytes, the manifest says {size}")

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
-from . import images, layout, naming, schema, tensors
+from . import chunks, images, layout, naming, schema
 from .atomic import write_atomic, write_new
 from .environment import capture_environment
-from .errors import RaiiafError, TensorError, WriteError
-
-# JSON chunks above this size are zstd-compressed (ComfyUI workflows run to hundreds of KiB).
-COMPRESS_JSON_ABOVE = 4096
-ZSTD_LEVEL = 9
+from .errors import RaiiafError, WriteError
 
 
 def write(path, *, image=None, tensors=None, metadata=None, environment=None, exclusive: bool = False):
@@ -48,49 +44,30 @@ def _parts(path, image, tensors, metadata, environment) -> list:
 
 
 def build(image_bytes, tensor_map, metadata: dict, environment: dict) -> list:
-    """The file as a list of byte strings (header, index, payloads), ready to be written in order."""
-    pending = [
-        ("metadata", "", *_json_payload(metadata), {}),
-        ("environment", "", *_json_payload(environment), {}),
-    ]
-    for name, value in tensor_map.items():
-        payload, info = tensors.encode(name, value)
-        pending.append(("tensor", name, payload, "none", len(payload), {"dtype": info.dtype, "shape": list(info.shape)}))
-    if image_bytes is not None:
-        fmt = images.sniff_format(image_bytes)
-        info = {"format": fmt, "media_type": images.MEDIA_TYPES[fmt]}
-        size = images.image_size(image_bytes, fmt)
-        if size is not None:
-            info.update(width=size[0], height=size[1])
-        pending.append(("image", "", image_bytes, "none", len(image_bytes), info))
-    if len({(kind, name) for kind, name, *_ in pending}) != len(pending):
-        raise TensorError("duplicate tensor names")
+    """The file as a list of byte strings (header, index, payloads), ready to be written in order.
 
+    Chunk order: metadata first, so that a reader's first read holds it with the header and index, then the
+    environment, the tensors in the order given, the image.
+    """
+    pending = [chunks.METADATA.build(metadata), chunks.ENVIRONMENT.build(environment)]
+    pending += [chunks.TENSOR.build(name, value) for name, value in tensor_map.items()]
+    if image_bytes is not None:
+        pending.append(chunks.IMAGE.build(image_bytes))
     # Hashed once, outside the loop below: hashing the image is the costliest step of building a file.
-    digests = [hashlib.sha256(payload).hexdigest() for _, _, payload, *_ in pending]
+    digests = [hashlib.sha256(built.payload).hexdigest() for built in pending]
     # Offsets depend on the index length and the index holds the offsets: iterate to the fixed point
     # (the length only grows with the digits of the offsets, so this settles in two or three rounds).
     index_length = 0
     while True:
         offset = layout.HEADER_SIZE + index_length
         entries = []
-        for (kind, name, payload, codec, size, info), digest in zip(pending, digests):
-            entries.append(layout.ChunkEntry(kind, name, offset, len(payload), digest, codec, size, info))
-            offset += len(payload)
+        for built, digest in zip(pending, digests):
+            entries.append(layout.ChunkEntry(built.type, built.name, offset, len(built.payload), digest, built.codec,
+                                             built.size, built.info))
+            offset += len(built.payload)
         index = layout.encode_index(entries)
         if len(index) == index_length:
             break
         index_length = len(index)
     header = layout.pack_header(layout.HEADER_SIZE, len(index), offset, hashlib.sha256(index).digest())
-    return [header, index, *(payload for _, _, payload, *_ in pending)]
-
-
-def _json_payload(value) -> tuple:
-    raw = layout.canonical_json(value)
-    if len(raw) > COMPRESS_JSON_ABOVE:
-        import zstandard
-
-        packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw)
-        if len(packed) < len(raw):
-            return packed, "zstd", len(raw)
-    return raw, "none", len(raw)
+    return [header, index, *(built.payload for built in pending)]

@@ -458,7 +458,7 @@ def png_bytes(image) -> bytes:
     import io
 
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=4)
+    image.save(buffer, format="PNG", compress_level=rc.PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
 
 

@@ -6,13 +6,15 @@ here, a picked file name must not read outside the input or output folder either
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
 
+from raiiaf_core.naming import EXTENSION, inside
+
 from .errors import UnsafePathError
 
-EXTENSION = ".raiiaf"
 OUTPUT_SUFFIX = " [output]"
 INPUT_SUFFIX = " [input]"
 
@@ -31,22 +33,39 @@ def expand_prefix(prefix: str, width: int = 0, height: int = 0, now: time.struct
     return prefix
 
 
-def inside(folder: str | os.PathLike, path: str | os.PathLike) -> bool:
-    folder = os.path.abspath(folder)
-    return os.path.commonpath((folder, os.path.abspath(path))) == folder
-
-
 def resolve_annotated(name: str, input_dir: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
-    """The file behind a LoadImage-style name: "x.raiiaf" (input folder) or "sub/x.raiiaf [output]"."""
+    """The file behind a LoadImage-style name: "x.raiiaf" (input folder) or "sub/x.raiiaf [output]".
+
+    The name is resolved with every link followed and must stay inside its folder. A name leading outside
+    gets the same error whether or not something exists there, so the answer reveals nothing about other
+    folders; a name the filesystem refuses (too long, a link loop) is an UnsafePathError too.
+    """
+    if not isinstance(name, str):
+        raise UnsafePathError(f"file name {_shown(name)} is not a text")
     folder, label = input_dir, "input"
     if name.endswith(OUTPUT_SUFFIX):
         name, folder, label = name[:-len(OUTPUT_SUFFIX)], output_dir, "output"
     elif name.endswith(INPUT_SUFFIX):
         name = name[:-len(INPUT_SUFFIX)]
-    path = os.path.join(os.path.abspath(folder), name)
-    if not name or os.path.isabs(name) or not inside(folder, path):
-        raise UnsafePathError(f"file name {name!r} points outside the {label} folder")
-    return Path(path)
+    if not name or "\0" in name or os.path.isabs(name):
+        raise UnsafePathError(f"file name {_shown(name)} points outside the {label} folder")
+    path = os.path.join(folder, name)
+    if not inside(folder, path):
+        raise UnsafePathError(f"file name {_shown(name)} points outside the {label} folder")
+    resolved = Path(os.path.realpath(path))
+    try:
+        resolved.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # a missing file is the caller's to report
+    except OSError as exc:
+        reason = "too long" if exc.errno == errno.ENAMETOOLONG else exc.strerror or str(exc)
+        raise UnsafePathError(f"file name {_shown(name)} in the {label} folder cannot be used ({reason})") from None
+    return resolved
+
+
+def _shown(name) -> str:
+    text = repr(name)
+    return text if len(text) <= 120 else f"{text[:100]}… ({len(name):,} characters)"
 
 
 def list_raiiaf_files(input_dir: str | os.PathLike, output_dir: str | os.PathLike) -> list[str]:
@@ -56,6 +75,8 @@ def list_raiiaf_files(input_dir: str | os.PathLike, output_dir: str | os.PathLik
         root = Path(folder)
         if not root.is_dir():
             continue
-        names = sorted(p.relative_to(root).as_posix() for p in root.rglob(f"*{EXTENSION}") if p.is_file())
+        # Links leading out of the folder are left out: resolve_annotated would refuse them.
+        names = sorted(p.relative_to(root).as_posix() for p in root.rglob(f"*{EXTENSION}")
+                       if p.is_file() and inside(root, p))
         found.extend(name + suffix for name in names)
     return found

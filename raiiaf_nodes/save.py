@@ -16,6 +16,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 import raiiaf_core as rc
+from raiiaf_core.atomic import write_atomic
+from raiiaf_core.naming import inside
 
 from . import __version__
 from .capture import STORE, CapturedRun, CaptureStore
@@ -29,7 +31,6 @@ log = logging.getLogger(__name__)
 
 GENERATOR = {"name": "raiiaf_nodes", "version": __version__}
 PREVIEW_SUBFOLDER = "raiiaf_previews"
-_PNG_COMPRESS_LEVEL = 4  # SaveImage's level, so the stored PNG is the one SaveImage would have written
 
 
 def tensor_name(run_index: int, part: str) -> str:
@@ -71,7 +72,7 @@ def image_to_png(image: torch.Tensor, text_chunks: dict[str, str] | None = None)
         for key, value in text_chunks.items():
             info.add_text(key, value)
     out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG", pnginfo=info, compress_level=_PNG_COMPRESS_LEVEL)
+    Image.fromarray(pixels).save(out, format="PNG", pnginfo=info, compress_level=rc.PNG_COMPRESS_LEVEL)
     return out.getvalue()
 
 
@@ -280,10 +281,21 @@ def save_images(images: torch.Tensor, filename_prefix: str, ctx: SaveContext, *,
 def _write_preview(ctx: SaveContext, subfolder: str, name: str, png: bytes) -> tuple[str, str] | None:
     # The browser cannot show a .raiiaf, so the UI preview is a PNG copy in ComfyUI's temp folder, in the
     # same subfolders as the file so that equal names in different folders do not overwrite each other.
+    # Written to a temporary file in its folder and renamed over the preview name, so a link planted under
+    # that name is replaced, never written through; a folder that links out of the temp folder gets no
+    # preview. The .raiiaf is already saved: a preview that cannot be written is logged, not raised.
     if ctx.temp_dir is None:
         return None
     preview_subfolder = f"{PREVIEW_SUBFOLDER}/{subfolder}" if subfolder else PREVIEW_SUBFOLDER
     folder = Path(ctx.temp_dir) / preview_subfolder
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.png").write_bytes(png)
+    try:
+        if not inside(ctx.temp_dir, folder):
+            raise rc.WriteError(f"{folder}: the preview folder leads outside ComfyUI's temp folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        if not inside(ctx.temp_dir, folder):  # a link planted while the folders were made
+            raise rc.WriteError(f"{folder}: the preview folder leads outside ComfyUI's temp folder")
+        write_atomic(folder / f"{name}.png", [png], durable=False)
+    except (OSError, rc.RaiiafError) as exc:
+        log.warning("raiiaf: no preview for %s: %s", name, exc)
+        return None
     return preview_subfolder, f"{name}.png"
