@@ -408,7 +408,9 @@ def run_save(config: Config, work: Path) -> dict:
 
 PILLOW_SCAN = "Pillow (tEXt chunks of the SaveImage PNGs)"
 OURS_SCAN = "raiiaf v2 (rc.open(p).metadata)"
+DIFFUSERS_SCAN = "raiiaf v2, diffusers capture (rc.open(p).metadata)"
 V1_SCAN = "raiiaf 1.1.0 file_decoder"
+SCAN_TARGET_BYTES = 8192  # issue 13: at most 8 KiB read per typical file
 
 
 def pillow_scan(paths) -> None:
@@ -430,18 +432,21 @@ def run_scan(config: Config, work: Path, v1: V1Library | None, v1_note: str) -> 
            f"{side}x{side} images; median [min-max] over {config.scan_repeats} passes")
     files = _write_scan_files(config, work / "scan", v1, v1_note)
     results = {}  # reader -> (seconds per pass, bytes read in one pass) or why it has no figures
-    readers = {PILLOW_SCAN: pillow_scan, OURS_SCAN: raiiaf_scan}
+    readers = {name: scan for name, scan in ((PILLOW_SCAN, pillow_scan), (OURS_SCAN, raiiaf_scan),
+                                             (DIFFUSERS_SCAN, raiiaf_scan)) if not isinstance(files[name], str)}
     for name, scan in readers.items():
         scan(files[name])  # warm-up pass
-    for _ in range(config.scan_repeats):
-        for name, scan in readers.items():
-            results.setdefault(name, ([], None))[0].append(time_once(lambda: scan(files[name])))
+    for i in range(config.scan_repeats):
+        # Alternating which goes first, as common.paired does: drift in the machine's speed hits both alike.
+        for name in sorted(readers, reverse=bool(i % 2)):
+            results.setdefault(name, ([], None))[0].append(time_once(lambda: readers[name](files[name])))
     for name, scan in readers.items():
         # Counted in a pass of its own so that reading /proc/self/io stays out of the timings.
         results[name] = (results[name][0], read_bytes_during(lambda: scan(files[name]))[1])
-    if isinstance(files[V1_SCAN], str):
-        results[V1_SCAN] = files[V1_SCAN]
-    else:
+    for name in (DIFFUSERS_SCAN, V1_SCAN):
+        if isinstance(files[name], str):
+            results[name] = files[name]
+    if not isinstance(files[V1_SCAN], str):
         try:
             answer = v1.call({"op": "scan", "paths": [str(p) for p in files[V1_SCAN]],
                               "repeats": config.scan_repeats})
@@ -462,10 +467,41 @@ def run_scan(config: Config, work: Path, v1: V1Library | None, v1_note: str) -> 
     for line in table(rows) + notes:
         print(line)
     print("  bytes read = /proc/self/io rchar over one pass (all read() calls, whole buffers); page cache warm")
+    ratio = Spread.of(p / o for p, o in zip(results[PILLOW_SCAN][0], results[OURS_SCAN][0]))
+    print(f"  raiiaf/Pillow rate, per pass: {ratio.format('{:.2f}')}; target (issue 13) >= 1: "
+          f"{'met' if ratio.median >= 1 else 'NOT MET'}")
+    reads = [results[name][1] / n for name in (OURS_SCAN, DIFFUSERS_SCAN) if isinstance(results.get(name), tuple)
+             and results[name][1] is not None]
+    if reads:
+        print(f"  target (issue 13) <= {SCAN_TARGET_BYTES:,} B read per ComfyUI and diffusers file: "
+              f"{'met' if max(reads) <= SCAN_TARGET_BYTES else 'NOT MET'} (worst {max(reads):,.0f} B)")
+
+
+def diffusers_template(folder: Path):
+    """(metadata, tensors, environment) of a real diffusers capture, or why there is none.
+
+    One 64x64 generation with the tiny random-weight pipeline of raiiaf_diffusers, written by RaiiafCapture
+    and read back: the scan's diffusers files are this record with the seed changed, written with rc.write.
+    """
+    try:
+        from diffusers import EulerAncestralDiscreteScheduler
+
+        from raiiaf_diffusers import RaiiafCapture, tiny
+    except ImportError as exc:
+        return f"not measured, diffusers is not installed ({exc})"
+    pipe = tiny.tiny_sd()
+    pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config)
+    capture = RaiiafCapture(None)
+    with capture.recording(pipe):
+        pipe("a lighthouse on a cliff at dusk, volumetric light", negative_prompt="blurry", num_inference_steps=4,
+             height=64, width=64, generator=torch.Generator().manual_seed(0), callback_on_step_end=capture)
+    [path] = capture.last.write(folder / "diffusers_template.raiiaf")
+    art = rc.open(path)
+    return art.metadata, art.load_tensors("torch"), art.environment
 
 
 def _write_scan_files(config: Config, folder: Path, v1: V1Library | None, v1_note: str) -> dict:
-    """{reader: [paths]} for the same n generations; the v1 entry is a reason instead where it has no files."""
+    """{reader: [paths]} for the same n generations; an entry is a reason instead where it has no files."""
     side, latent = config.scan_size
     folder.mkdir()
     variety = min(config.scan_files, config.images)
@@ -475,7 +511,8 @@ def _write_scan_files(config: Config, folder: Path, v1: V1Library | None, v1_not
         (folder / f"input_{k}.png").write_bytes(images[k])
         np.save(folder / f"input_{k}.npy", noises[k])
     environment = rc.capture_environment()
-    files, v1_items = {PILLOW_SCAN: [], OURS_SCAN: []}, []
+    template = diffusers_template(folder)
+    files, v1_items = {PILLOW_SCAN: [], OURS_SCAN: [], DIFFUSERS_SCAN: []}, []
     for i in range(config.scan_files):
         k = i % variety
         prompt = comfy_prompt(i, side)
@@ -488,10 +525,17 @@ def _write_scan_files(config: Config, folder: Path, v1: V1Library | None, v1_not
         files[OURS_SCAN].append(rc.write(folder / f"ComfyUI_{i:05d}_.raiiaf", image=images[k],
                                          tensors={"noise": noises[k]}, environment=environment,
                                          metadata=comfy_metadata(i, side, prompt, workflow)))
+        if not isinstance(template, str):
+            metadata, tensors, captured_environment = template
+            files[DIFFUSERS_SCAN].append(rc.write(folder / f"diffusers_{i:05d}.raiiaf", image=images[k],
+                                                  tensors=tensors, environment=captured_environment,
+                                                  metadata={**metadata, "seed": i}))
         v1_items.append({"png": str(folder / f"input_{k}.png"), "tensor": str(folder / f"input_{k}.npy"),
                          "out": str(folder / f"v1_{i:05d}.raiiaf"), "compress": False,
                          "fields": v1_fields(generation_record(i, side),
                                              {"comfyui": {"prompt": prompt, "workflow": workflow}})})
+    if isinstance(template, str):
+        files[DIFFUSERS_SCAN] = template
     if v1 is None:
         files[V1_SCAN] = f"not measured, {v1_note}"
     else:

@@ -93,23 +93,17 @@ def rchar() -> int | None:
     return None
 
 
-# Reading /proc/self/io is itself a read; measured once so it can be taken off the counts.
-def _rchar_probe_cost() -> int:
-    first, second = rchar(), rchar()
-    return 0 if first is None or second is None else second - first
-
-
-RCHAR_PROBE_COST = _rchar_probe_cost()
-
-
 def read_bytes_during(fn):
     """(fn's result, bytes read from files while it ran, or None where the kernel does not count them)."""
     before = rchar()
+    # Reading /proc/self/io is itself a read, of a length that changes with the counts' digits: measured
+    # right here, next to the reading it is taken off.
+    probe = rchar()
     result = fn()
     after = rchar()
     if before is None or after is None:
         return result, None
-    return result, after - before - RCHAR_PROBE_COST
+    return result, after - probe - (probe - before)
 
 
 def _version(name: str) -> str:

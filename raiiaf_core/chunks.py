@@ -25,9 +25,6 @@ COMPRESS_JSON_ABOVE = 6 * 1024
 ZSTD_LEVEL = 9
 
 
-_new_info = tuple.__new__  # what check() returns is made for every chunk of every file opened: no NamedTuple overhead
-
-
 class Built(NamedTuple):
     """A chunk made by the writer, before it has an offset: its index fields and its payload."""
 
@@ -48,8 +45,9 @@ class ChunkType:
     required = False  # whether every file holds one
     checks = False  # whether check() looks at anything (open skips the call otherwise)
 
-    def check(self, art, entry: layout.ChunkEntry):
-        """Check the entry's type-specific index fields when the file is opened; returns what reads need."""
+    def check(self, art, fields: dict):
+        """Check the type-specific fields of a chunk's index object when the file is opened; returns what
+        reads need (the spec)."""
         return None
 
     def verify(self, art, entry: layout.ChunkEntry, spec) -> None:
@@ -79,8 +77,7 @@ class JsonChunk(ChunkType):
         if entry.size > limits.max_json_bytes:
             raise LimitExceededError(f"{art.describe(entry)} is {entry.size:,} bytes of JSON, over "
                                      f"Limits.max_json_bytes={limits.max_json_bytes:,}")
-        value = layout.decode_json(art.decoded(entry), f"{self.type} chunk", art.name,
-                                   limits)
+        value = layout.decode_json(art.decoded(entry), f"{self.type} chunk", art.name, limits)
         if type(value) is not dict:
             raise CorruptFileError(f"{art.describe(entry)} is not a JSON object")
         return value
@@ -108,23 +105,22 @@ class ImageChunk(ChunkType):
             info.update(width=size[0], height=size[1])
         return Built(self.type, "", data, "none", len(data), info)
 
-    def check(self, art, entry) -> ImageSpec:
-        info = entry.info
-        fmt, media_type = info.get("format"), info.get("media_type")
+    def check(self, art, fields) -> ImageSpec:
+        fmt, media_type = fields.get("format"), fields.get("media_type")
         if fmt is not None and type(fmt) is not str or media_type is not None and type(media_type) is not str:
-            raise CorruptFileError(f"{art.describe(entry)}: index fields 'format' and 'media_type' must be strings")
+            raise CorruptFileError(f"{art.describe(fields)}: index fields 'format' and 'media_type' must be strings")
         # A format this reader does not know (from a newer writer) fails when the image is read, not here:
         # the rest of the file stays readable.
         if fmt in images.MEDIA_TYPES and media_type not in (None, images.MEDIA_TYPES[fmt]):
-            raise CorruptFileError(f"{art.describe(entry)}: index gives media_type {media_type[:40]!r} for a {fmt} image "
-                                   f"(expected {images.MEDIA_TYPES[fmt]!r})")
-        width, height = info.get("width"), info.get("height")
+            raise CorruptFileError(f"{art.describe(fields)}: index gives media_type {media_type[:40]!r} for a {fmt} "
+                                   f"image (expected {images.MEDIA_TYPES[fmt]!r})")
+        width, height = fields.get("width"), fields.get("height")
         if width is None and height is None:
-            return _new_info(ImageSpec, (fmt, None))
+            return layout.new_record(ImageSpec, (fmt, None))
         if type(width) is not int or type(height) is not int or width < 1 or height < 1:
-            raise CorruptFileError(f"{art.describe(entry)}: index fields 'width' and 'height' must both be "
+            raise CorruptFileError(f"{art.describe(fields)}: index fields 'width' and 'height' must both be "
                                    "positive integers")
-        return _new_info(ImageSpec, (fmt, (width, height)))
+        return layout.new_record(ImageSpec, (fmt, (width, height)))
 
     def read(self, art, entry, spec: ImageSpec) -> tuple[bytes, tuple | None]:
         """The checked image bytes and the size their own header gives."""
@@ -155,15 +151,15 @@ class TensorChunk(ChunkType):
         payload, info = tensors.encode(name, value)
         return Built(self.type, name, payload, "none", len(payload), {"dtype": info.dtype, "shape": list(info.shape)})
 
-    def check(self, art, entry) -> tensors.TensorInfo:
-        shape, dtype = entry.info.get("shape"), entry.info.get("dtype")
+    def check(self, art, fields) -> tensors.TensorInfo:
+        shape, dtype = fields.get("shape"), fields.get("dtype")
         if type(dtype) is str and type(shape) is list:
             for dim in shape:
                 if type(dim) is not int or dim < 0:
                     break
             else:
-                return _new_info(tensors.TensorInfo, (entry.name, dtype, tuple(shape)))
-        raise CorruptFileError(f"{art.describe(entry)}: index entry is malformed (dtype and shape)")
+                return layout.new_record(tensors.TensorInfo, (fields["name"], dtype, tuple(shape)))
+        raise CorruptFileError(f"{art.describe(fields)}: index entry is malformed (dtype and shape)")
 
     def payload(self, art, entry, spec: tensors.TensorInfo) -> bytes:
         """The tensor's blob, hash-checked and with a safetensors header that agrees with the index."""
@@ -189,7 +185,7 @@ TYPES = {handler.type: handler for handler in (METADATA, ENVIRONMENT, IMAGE, TEN
 REQUIRED = tuple(handler for handler in TYPES.values() if handler.required)
 
 
-def handler_for(entry: layout.ChunkEntry) -> ChunkType:
-    handler = TYPES.get(entry.type, UNKNOWN)
-    return handler if handler.named or not entry.name else UNKNOWN
+def handler_for(kind: str, name: str) -> ChunkType:
+    handler = TYPES.get(kind, UNKNOWN)
+    return handler if handler.named or not name else UNKNOWN
 

@@ -149,24 +149,28 @@ def cmd_extract(args) -> int:
         _write_bytes(target, st.save(tensors))
         written.append(target)
     for name, value in (("metadata", art.metadata), ("environment", art.environment)):
-        written.append(_write_bytes(out / f"{stem}.{name}.json", _json_file_text(value).encode("utf-8")))
+        text, indented = _json_file_text(value)
+        written.append(_write_bytes(out / f"{stem}.{name}.json", text.encode("utf-8")))
+        if not indented:
+            print(f"raiiaf: {escape(written[-1])}: written compact, as stored: indented it would be over 4 times "
+                  "larger (deeply nested)", file=sys.stderr)
     for path in written:
         print(escape(path))
     return 0
 
 
-def _json_file_text(value) -> str:
-    """The value indented for reading, unless indenting would blow it up: a deeply nested value gains two
-    spaces per level on every line, so kilobytes of JSON could become gigabytes. Past 4x the compact text
-    (plus 1 MiB) the compact canonical text, as stored in the file, is written instead."""
+def _json_file_text(value) -> tuple[str, bool]:
+    """(text, indented): the value indented for reading, unless indenting would blow it up: a deeply nested
+    value gains two spaces per level on every line, so kilobytes of JSON could become gigabytes. Past 4x the
+    compact text (plus 1 MiB), the compact canonical text, as stored in the file."""
     compact = canonical_json(value).decode("utf-8")
     budget, pieces = 4 * len(compact) + (1 << 20), []
     for piece in json.JSONEncoder(indent=2, sort_keys=True, ensure_ascii=False).iterencode(value):
         budget -= len(piece)
         if budget < 0:
-            return compact + "\n"
+            return compact + "\n", False
         pieces.append(piece)
-    return "".join(pieces) + "\n"
+    return "".join(pieces) + "\n", True
 
 
 def _write_bytes(path: Path, data: bytes) -> Path:

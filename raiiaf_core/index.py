@@ -30,7 +30,7 @@ from .environment import capture_environment
 from .errors import MissingDependencyError, RaiiafError, ReadError
 from .naming import EXTENSION
 from .reader import open_artifact
-from .report import environment_headline
+from .report import environment_headline, escape
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,8 @@ class IndexReport:
     def format(self) -> str:
         lines = [f"{self.output}: {self.rows:,} files ({self.read:,} read, {self.kept:,} unchanged, "
                  f"{self.dropped:,} dropped); {len(self.errors):,} could not be read"]
-        lines += [f"FAIL  {error}" for _, _, error in self.errors]  # each error names its file
+        # Each error names its file; file names and what files hold are escaped, like all the CLI prints.
+        lines += [f"FAIL  {escape(error)}" for _, _, error in self.errors]
         return "\n".join(lines)
 
 
@@ -202,8 +203,9 @@ def describe(art, environments: dict | None = None) -> dict:
     model = _object(meta.get("model"))
     loras = [f for f in map(_object, _list(model.get("files"))) if f.get("role") == "lora"]
     batch, noise, generator = (_object(meta.get(k)) for k in ("batch", "noise", "generator"))
+    chunks = {(c.type, c.name): c for c in art.chunks}
     # The size the index declares for the image: art.image_size would read the image to check it.
-    image = next((c.info for c in art.chunks if (c.type, c.name) == ("image", "")), {})
+    image = chunks[("image", "")].info if ("image", "") in chunks else {}
     seed = _integer(meta.get("seed"))
     return {
         "format_version": f"{art.version[0]}.{art.version[1]}",
@@ -228,13 +230,12 @@ def describe(art, environments: dict | None = None) -> dict:
         "batch_size": _integer(batch.get("size")),
         "noise_source": _text(noise.get("source")),
         "generator": " ".join(filter(None, (_text(generator.get("name")), _text(generator.get("version"))))) or None,
-        **_environment_columns(art, {} if environments is None else environments),
+        **_environment_columns(art, chunks.get(("environment", "")), {} if environments is None else environments),
     }
 
 
-def _environment_columns(art, cache: dict) -> dict:
+def _environment_columns(art, entry, cache: dict) -> dict:
     env = art.environment  # read and checked against its sha256 also when the columns are cached
-    entry = next((c for c in art.chunks if (c.type, c.name) == ("environment", "")), None)
     key = entry.sha256 if entry else None
     columns = cache.get(key)  # shared by the reading threads: a race only computes the same columns twice
     if columns is None:

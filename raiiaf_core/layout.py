@@ -78,9 +78,9 @@ class ChunkEntry(NamedTuple):
 _ENTRY_FIELDS = ("type", "name", "offset", "length", "sha256", "codec", "size")
 _ENTRY_TYPES = (str, str, int, int, str, str, int)
 _entry_fields = operator.itemgetter(*_ENTRY_FIELDS)
-# The tuple constructor itself, without NamedTuple's argument handling: decode_index makes one per chunk of
-# every file opened, from values it has already checked.
-_new_entry = tuple.__new__
+# The tuple constructor itself, without NamedTuple's argument handling: new_record(ChunkEntry, values), for
+# records made from values already checked, on every file opened (the chunk table's specs too).
+new_record = tuple.__new__
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -123,7 +123,7 @@ def unpack_header(data: bytes, source: str) -> Header:
     _, _, _, flags, header_size, index_offset, index_length, file_size, index_sha256 = _HEADER_BODY.unpack(body)
     if flags != 0 or header_size != HEADER_SIZE or index_offset != HEADER_SIZE:
         raise CorruptFileError(f"{source}: header fields are inconsistent (flags={flags}, header_size={header_size})")
-    return _new_entry(Header, (major, minor, index_offset, index_length, file_size, index_sha256))
+    return new_record(Header, (major, minor, index_offset, index_length, file_size, index_sha256))
 
 
 def check_header_against_file(header: Header, actual_size: int, source: str, limits: Limits) -> None:
@@ -169,23 +169,21 @@ def parse_json_text(text: str, constant=_refuse_constant):
 # Made once: json.loads with hooks builds a decoder per call, which costs more than parsing a small index.
 _DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_refuse_constant)
 _SCAN = _DECODER.scan_once
-
-
-def _parse(text: str):
-    # The scanner itself when the text is one value and nothing else (canonical JSON always is); decode()
-    # for anything else: surrounding whitespace, trailing data, and the error messages.
-    try:
-        value, end = _SCAN(text, 0)
-    except StopIteration:
-        end = -1
-    return value if end == len(text) else _DECODER.decode(text)
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def decode_json(data: bytes, what: str, source: str, limits: Limits):
     """Parse JSON from a file, turning every failure (including nesting bombs) into CorruptFileError."""
     try:
-        value = _parse(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        # The scanner itself when the text is one value and nothing else (canonical JSON always is); decode()
+        # for anything else: surrounding whitespace, trailing data, and the error messages.
+        try:
+            value, end = _SCAN(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):
+            value = _DECODER.decode(text)
     except _NotJson as exc:
         raise CorruptFileError(f"{source}: {what} holds the number {str(exc)[:40]}, which JSON cannot hold "
                                "(NaN, Infinity and values beyond float range are refused)") from None
@@ -261,8 +259,9 @@ def encode_index(entries) -> bytes:
     return canonical_json({"chunks": [e.to_json() for e in entries]})
 
 
-def decode_index(data: bytes, header: Header, source: str, limits: Limits) -> list[ChunkEntry]:
-    """Parse the index and check that its chunks tile the rest of the file exactly."""
+def decode_index(data: bytes, header: Header, source: str, limits: Limits) -> list:
+    """Parse the index and check that its chunks tile the rest of the file exactly; returns the index's chunk
+    objects (dicts), every common field checked. entry() makes a ChunkEntry of one."""
     if hashlib.sha256(data).digest() != header.index_sha256:
         raise CorruptFileError(f"{source}: damaged index (sha256 mismatch)")
     doc = decode_json(data, "index", source, limits)
@@ -271,7 +270,6 @@ def decode_index(data: bytes, header: Header, source: str, limits: Limits) -> li
         raise CorruptFileError(f"{source}: index has no chunk list")
     if len(chunks) > limits.max_chunks:
         raise LimitExceededError(f"{source}: {len(chunks)} chunks, over Limits.max_chunks={limits.max_chunks}")
-    entries = []
     offset = header.index_offset + header.index_length
     fields, sha256_hex = _entry_fields, _SHA256_HEX.fullmatch
     for i, raw in enumerate(chunks):
@@ -285,16 +283,20 @@ def decode_index(data: bytes, header: Header, source: str, limits: Limits) -> li
                 and type(digest) is str and type(codec) is str and type(size) is int and start == offset
                 and length >= 0 and size >= 0 and (size == length or codec != "none") and sha256_hex(digest)):
             raise _entry_error(raw, i, offset, source)
-        if len(raw) > len(_ENTRY_FIELDS):  # type-specific fields: what is left once the common ones are taken out
-            info = raw.copy()
-            del info["type"], info["name"], info["offset"], info["length"], info["sha256"], info["codec"], info["size"]
-        else:
-            info = {}
-        entries.append(_new_entry(ChunkEntry, (kind, name, start, length, digest, codec, size, info)))
         offset += length
     if offset != header.file_size:
         raise CorruptFileError(f"{source}: chunks end at byte {offset}, file has {header.file_size}")
-    return entries
+    return chunks
+
+
+def entry(raw: dict) -> ChunkEntry:
+    """The ChunkEntry of one index object decode_index checked."""
+    if len(raw) > len(_ENTRY_FIELDS):  # type-specific fields: what is left once the common ones are taken out
+        info = raw.copy()
+        del info["type"], info["name"], info["offset"], info["length"], info["sha256"], info["codec"], info["size"]
+    else:
+        info = {}
+    return new_record(ChunkEntry, (*_entry_fields(raw), info))
 
 
 def _entry_error(raw, i: int, expected_offset: int, source: str) -> CorruptFileError:

@@ -167,8 +167,8 @@ def _zstd_decompressor():
 class Artifact:
     """One .raiiaf file (v2, or v1 from the raiiaf 1.x library). Cheap to open; reads parts on demand."""
 
-    __slots__ = ("limits", "name", "size", "version", "index_sha256", "chunks", "_origin", "_source", "_parts",
-                 "_json_cache")
+    __slots__ = ("limits", "name", "size", "version", "index_sha256", "_index", "_entries", "_origin", "_source",
+                 "_parts", "_json_cache")
 
     def __init__(self, source, limits: layout.Limits = layout.DEFAULT_LIMITS):
         self.limits = limits
@@ -194,7 +194,7 @@ class Artifact:
         index = head[header.index_offset:index_end] if index_end <= len(head) else \
             src.read(header.index_offset, header.index_length)
         self._json_cache: dict = {}
-        self._set_entries(layout.decode_index(index, header, self.name, limits))
+        self._check_index(layout.decode_index(index, header, self.name, limits))
 
     def _translate_v1(self, src: _Source) -> _Source:
         """The v1 file, checked and decoded, rewritten in memory as the v2 file the writer makes of it."""
@@ -207,32 +207,50 @@ class Artifact:
         data = b"".join(writer.build(contents.image, contents.tensors, contents.metadata, contents.environment))
         return _MemorySource(data, self.name, src.path, layout.FIRST_READ)
 
-    def _set_entries(self, entries) -> None:
-        self.chunks = tuple(entries)
-        self._parts = parts = {}  # (role, name) -> (handler, entry, spec), the chunks the accessors serve
-        handler_for = chunks.handler_for
-        for entry in entries:
-            handler = handler_for(entry)
-            spec = handler.check(self, entry) if handler.checks else None
+    def _check_index(self, index: list) -> None:
+        # Every chunk's index object is checked here, by the handler of its type; the ChunkEntry of a chunk is
+        # made when the chunk is first used (opening a file to read its metadata uses one).
+        self._index, self._entries = index, [None] * len(index)
+        self._parts = parts = {}  # (role, name) -> (handler, position in the index, spec)
+        types, unknown = chunks.TYPES, chunks.UNKNOWN
+        for i, fields in enumerate(index):
+            name = fields["name"]
+            handler = types.get(fields["type"], unknown)  # chunks.handler_for, inlined: it runs for every chunk
+            if name and not handler.named:
+                handler = unknown
             if handler.role is not None:
-                key = (handler.role, entry.name)
+                key = (handler.role, name)
                 if key in parts:
-                    raise CorruptFileError(f"{self.name}: two {handler.role} chunks named '{entry.name}'")
-                parts[key] = (handler, entry, spec)
-        if len(parts) != len(entries):  # chunks no accessor serves: still, (type, name) is unique in a file
+                    raise CorruptFileError(f"{self.name}: two {handler.role} chunks named '{name}'")
+                parts[key] = (handler, i, handler.check(self, fields) if handler.checks else None)
+        if len(parts) != len(index):  # chunks no accessor serves: still, (type, name) is unique in a file
             seen = set()
-            for entry in entries:
-                if (entry.type, entry.name) in seen:
-                    raise CorruptFileError(f"{self.name}: two '{entry.type}' chunks named '{entry.name}'")
-                seen.add((entry.type, entry.name))
+            for fields in index:
+                key = (fields["type"], fields["name"])
+                if key in seen:
+                    raise CorruptFileError(f"{self.name}: two '{key[0]}' chunks named '{key[1]}'")
+                seen.add(key)
         for handler in chunks.REQUIRED:
             if (handler.role, "") not in parts:
                 raise CorruptFileError(f"{self.name}: no {handler.type} chunk")
 
+    @property
+    def chunks(self) -> tuple:
+        """Every chunk as the index describes it, in file order."""
+        return tuple(map(self._entry, range(len(self._index))))
+
+    def _entry(self, i: int) -> layout.ChunkEntry:
+        entry = self._entries[i]
+        if entry is None:
+            entry = self._entries[i] = layout.entry(self._index[i])
+        return entry
+
     # -- chunk bytes, for the handlers ----------------------------------------------------------------------
 
     def describe(self, entry) -> str:
-        return f"{self.name}: {entry.type} chunk" + (f" '{entry.name}'" if entry.name else "")
+        """'file: tensor chunk 'noise'', for messages; `entry` is a ChunkEntry or the chunk's index object."""
+        kind, name = (entry["type"], entry["name"]) if type(entry) is dict else (entry.type, entry.name)
+        return f"{self.name}: {kind} chunk" + (f" '{name}'" if name else "")
 
     def _raw(self, entry) -> bytes:
         """The chunk's stored bytes, checked against the index's sha256."""
@@ -300,12 +318,14 @@ class Artifact:
         return self._origin.path
 
     def _part(self, role: str, name: str = ""):
-        return self._parts.get((role, name))
+        """(handler, entry, spec) of the chunk an accessor serves, or None."""
+        part = self._parts.get((role, name))
+        return None if part is None else (part[0], self._entry(part[1]), part[2])
 
     def _json(self, kind: str) -> dict:
         value = self._json_cache.get(kind)
         if value is None:
-            part = self._parts.get((kind, ""))
+            part = self._part(kind)
             value = self._json_cache[kind] = {} if part is None else part[0].read(self, part[1])
         return value
 
@@ -352,7 +372,7 @@ class Artifact:
         return [name for role, name in self._parts if role == "tensor"]
 
     def _tensor(self, name: str) -> tuple:
-        part = self._parts.get(("tensor", name))
+        part = self._part("tensor", name)
         if part is None:
             raise RaiiafError(f"{self.name}: no tensor named '{name}' (has: {', '.join(self.tensor_names) or 'none'})")
         return part
@@ -375,7 +395,7 @@ class Artifact:
     def verify(self) -> None:
         """Read every chunk and check it; raises CorruptFileError naming the first damaged part."""
         for entry in self.chunks:
-            handler = chunks.handler_for(entry)
+            handler = chunks.handler_for(entry.type, entry.name)
             part = self._parts.get((handler.role, entry.name)) if handler.role is not None else None
             handler.verify(self, entry, part[2] if part else None)
 

@@ -162,8 +162,8 @@ def format_summary(info: dict) -> str:
     meta, env = info["metadata"], info["environment"]
     lines = [f"{escape(info['path'])}  (raiiaf {info['format_version']}, {info['size']:,} bytes)"]
     image = info["image"]
-    lines.append(f"  image:       {escape(image['format'])} {image['width']}x{image['height']}, {image['bytes']:,} bytes"
-                 if image else "  image:       none")
+    lines.append(f"  image:       {escape(image['format'])} {image['width']}x{image['height']}, "
+                 f"{image['bytes']:,} bytes" if image else "  image:       none")
     for i, t in enumerate(info["tensors"]):
         label = "tensors:" if i == 0 else ""
         lines.append(f"  {label:<12} {escape(t['name'])}  {escape(t['dtype'])} {tuple(t['shape'])}")

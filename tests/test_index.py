@@ -331,3 +331,14 @@ def test_every_damaged_variant_becomes_a_row_with_the_projects_own_error(archive
                                     rc.UnsupportedVersionError, rc.ReadError)}
     assert {r["error_type"] for r in rows} <= own | {None}
     assert len(report.errors) == 120  # every byte read is under a checksum: no flip goes unnoticed
+
+
+def test_failures_are_printed_with_terminal_controls_escaped(tmp_path, capsys):
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    (folder / "clear\x1b[2J\u202e.raiiaf").write_bytes(b"raiiaf\x02\x00garbage")
+    assert main(["index", str(folder), "-o", str(tmp_path / "i.parquet")]) == 1
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out and "clear\\x1b[2J\\u202e.raiiaf" in out
+    [row] = pq.read_table(tmp_path / "i.parquet").to_pylist()
+    assert row["path"].endswith("clear\x1b[2J\u202e.raiiaf")  # the index keeps the real name

@@ -153,8 +153,8 @@ def test_extract_does_not_indent_deep_then_wide_json_into_gigabytes(tmp_path, ca
     path = rc.write(tmp_path / "deep.raiiaf", metadata={"extra": deep_then_wide(190, 100_000)},
                     environment=FIXED_ENV)
     assert path.stat().st_size < 300_000
-    code, _, _ = cli(capsys, "extract", path, "-o", tmp_path / "out")
-    assert code == 0
+    code, _, err = cli(capsys, "extract", path, "-o", tmp_path / "out")
+    assert code == 0 and "deep.metadata.json: written compact" in err
     written = tmp_path / "out" / "deep.metadata.json"
     # Indented, each of the 100 000 items would sit behind 382 spaces: 38 MB from 0.6 MB.
     compact = rc.open(path).chunks[0].size
@@ -219,7 +219,7 @@ def hostile_file(tmp_path):
 
 def assert_inert(text: str) -> None:
     found = TERMINAL_ACTIVE.search(text)
-    assert found is None, f"raw {found.group()!r} printed at {found.start()}: {text[max(0, found.start() - 40):][:80]!r}"
+    assert found is None, f"raw {found.group()!r} printed: {text[max(0, found.start() - 40):][:80]!r}"
 
 
 def test_inspect_escapes_every_value_from_the_file(hostile_file, capsys):
@@ -269,7 +269,7 @@ def test_escape_names_every_dangerous_class():
                  "\u202a", "\u202e", "\u2066", "\u2069", "\ufeff", "\U000e0001", "\udcff"):
         shown = report.escape(f"a{char}b")
         assert shown.startswith("a\\") and shown.endswith("b") and char not in shown, (char, shown)
-    assert report.escape("été 猫 🐈 \\x1b") == "été 猫 🐈 \\x1b"  # printable text, backslashes included, as is
+    assert report.escape("été 猫 🐈 \\x1b") == "été 猫 🐈 \\x1b"  # printable text and backslashes: as is
     assert report.escape(["\x1b"]) == "['\\x1b']"
 
 
