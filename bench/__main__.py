@@ -1,7 +1,8 @@
 """`python -m bench`: how raiiaf compares with what users would pick instead, in one run on one machine.
 
-Sections: machine, size, save time, metadata scan, latent load, capture overhead (bench/bench_capture.py),
-capture overhead in a real ComfyUI (bench/bench_comfyui.py; opt-in: runs only when RAIIAF_COMFYUI_PATH is set).
+Sections: machine, size, save time, metadata scan, latent load, archive index (bench/bench_index.py), capture
+overhead (bench/bench_capture.py), capture overhead in a real ComfyUI (bench/bench_comfyui.py; opt-in: runs
+only when RAIIAF_COMFYUI_PATH is set).
 `--tiny` (alias `--quick`) runs everything on tiny inputs in seconds, for the smoke test.
 """
 
@@ -15,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import bench_format
+from . import bench_format, bench_index
 from .common import load_average, machine_description
 
 
@@ -50,6 +51,7 @@ def main(argv=None) -> int:
         files = bench_format.run_save(config, work)
         bench_format.run_scan(config, work, v1, v1_note)
         bench_format.run_latent_load(config, files)
+        bench_index.run(args.tiny, work)
         if args.no_capture:
             print("\n== Capture overhead ==\nskipped (--no-capture)")
         else:

@@ -77,6 +77,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="PNG to write (default: FILE with .view.png, next to it)")
     p.set_defaults(run=cmd_view)
 
+    p = sub.add_parser("index", help="write a Parquet index of .raiiaf files in folders or fsspec URLs (s3://, gs://, "
+                       "https://); a re-run reads only what changed")
+    p.add_argument("sources", nargs="*", metavar="PATH_OR_URL", help="files, folders (searched recursively), URLs")
+    p.add_argument("-o", "--output", type=Path, help="the index (.parquet); an existing one is updated")
+    p.add_argument("--workers", type=int, help="concurrent reads (default 4 for local files, 32 for URLs)")
+    p.add_argument("--progress", action="store_true", help="progress bar on stderr even when it is not a terminal")
+    p.add_argument("-O", "--storage-option", action="append", metavar="KEY=VALUE",
+                   help="fsspec option, e.g. endpoint_url=http://127.0.0.1:9000 or anon=true (JSON values allowed)")
+    p.add_argument("--environment-key", action="store_true",
+                   help="print this machine's environment_key (to compare with the index's column) and exit")
+    p.set_defaults(run=cmd_index)
+
     p = sub.add_parser("env", help="print the current environment as it would be recorded")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_env)
@@ -227,8 +239,23 @@ def cmd_view(args) -> int:
     print(_write_bytes(args.output or args.file.with_name(args.file.name.removesuffix(".raiiaf") + ".view.png"),
                        view.png()))
     for problem in view.problems:
-        print(f"raiiaf: {problem}", file=sys.stderr)
+        print(f"raiiaf: {escape(problem)}", file=sys.stderr)
     return 1 if view.problems else 0
+
+
+def cmd_index(args) -> int:
+    from . import index
+
+    if args.environment_key:
+        print(index.environment_key())
+        return 0
+    if not args.sources or args.output is None:
+        print("raiiaf index: give PATH_OR_URL... and -o INDEX.parquet", file=sys.stderr)
+        return 2
+    report = index.build_index(args.sources, args.output, workers=args.workers, progress=args.progress or None,
+                               storage_options=index.parse_storage_options(args.storage_option))
+    print(report.format())
+    return 1 if report.errors else 0
 
 
 def cmd_env(args) -> int:

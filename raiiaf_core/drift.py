@@ -84,6 +84,12 @@ def drift(stored: dict, current: dict | None = None) -> DriftReport:
     return DriftReport(tuple(differences))
 
 
+def output_relevant(environment: dict) -> dict:
+    """The environment's fields (dotted keys) whose difference can change the output: two environments
+    differ in these exactly when drift() between them says can_change_output."""
+    return {key: value for key, value in flatten(environment).items() if _impact(key)[0] == YES}
+
+
 def _impact(key: str) -> tuple[str, str]:
     for prefix, impact, reason in _IMPACT:
         if key.startswith(prefix):

@@ -167,8 +167,8 @@ def _zstd_decompressor():
 class Artifact:
     """One .raiiaf file (v2, or v1 from the raiiaf 1.x library). Cheap to open; reads parts on demand."""
 
-    __slots__ = ("limits", "name", "size", "version", "_index", "_entries", "_origin", "_source", "_parts",
-                 "_json_cache")
+    __slots__ = ("limits", "name", "size", "version", "index_sha256", "_index", "_entries", "_origin", "_source",
+                 "_parts", "_json_cache")
 
     def __init__(self, source, limits: layout.Limits = layout.DEFAULT_LIMITS):
         self.limits = limits
@@ -188,6 +188,8 @@ class Artifact:
         header = layout.unpack_header(head, self.name)
         layout.check_header_against_file(header, src.size, self.name, limits)
         self.version = self.version or (header.major, header.minor)
+        # The header's checksum of the index; v1 files have none (this header is their in-memory translation's).
+        self.index_sha256 = header.index_sha256.hex() if src is self._origin else None
         index_end = header.index_offset + header.index_length
         index = head[header.index_offset:index_end] if index_end <= len(head) else \
             src.read(header.index_offset, header.index_length)
