@@ -15,7 +15,12 @@ import sys
 if importlib.util.find_spec("raiiaf_core") is None:
     sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 
-from .raiiaf_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+if __package__:
+    from .raiiaf_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+else:
+    # Imported as a plain module, not as a package: pytest does that with a clone whose folder name is not a
+    # Python name (raiiaf-main). This folder is on sys.path then, so the absolute import finds the same nodes.
+    from raiiaf_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
 
 WEB_DIRECTORY = "./raiiaf_nodes/web"
 
