@@ -1,4 +1,5 @@
-"""Writing one .raiiaf per image: the image, the runs that made it, the graph, model hashes, environment."""
+"""Writing one .raiiaf per image: the image, the runs that made it, the graph, model hashes, environment (and, on
+request, the file as its shareable PNG)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from raiiaf_core.naming import inside
 
 from . import __version__
 from .capture import STORE, CapturedRun, CaptureStore, dtype_name
+from .errors import NodeInputError
 from .graph import Graph
 from .graph_record import add_graph_settings, model_record, rebuilt_record, run_metadata
 from .hashing import FileHashCache
@@ -31,6 +33,8 @@ from .record import FAILED, RunRecord, readable, tensor_name
 log = logging.getLogger(__name__)
 
 GENERATOR = {"name": "raiiaf_nodes", "version": __version__}
+# What a save writes per image: the .raiiaf, its shareable PNG (raiiaf_core/png_share.py), or both.
+SAVE_AS = (RAIIAF, PNG, BOTH) = (".raiiaf", "PNG", "both")
 PREVIEW_SUBFOLDER = "raiiaf_previews"
 NoiseMaker = Callable[[list, int, "list | None", torch.dtype], torch.Tensor]
 
@@ -58,10 +62,11 @@ class SaveContext:
 
 @dataclass(frozen=True)
 class SavedFile:
-    path: Path
+    path: Path  # the .raiiaf, or the shareable PNG when only that was written
     filename: str
     subfolder: str
     preview: tuple[str, str] | None  # (subfolder, file name) of the PNG preview in ComfyUI's temp folder
+    png: Path | None = None  # the shareable PNG beside the .raiiaf, when both were written
 
 
 def image_to_png(image: torch.Tensor, text_chunks: dict[str, str] | None = None) -> bytes:
@@ -137,12 +142,15 @@ def parse_tags(tags: str) -> list[str]:
 
 def save_images(images: torch.Tensor, filename_prefix: str, ctx: SaveContext, *, latent: dict | None = None,
                 tags: str = "", notes: str = "", store: CaptureStore = STORE,
-                environment: dict | None = None) -> list[SavedFile]:
+                environment: dict | None = None, save_as: str = RAIIAF) -> list[SavedFile]:
     """Write one .raiiaf per image of the IMAGE batch `images` ([B, H, W, C]); returns what was written.
 
     Files are named like SaveImage names PNGs (`sub/name` -> output/sub/name_00001_.raiiaf, counting up); a
     prefix leading outside the output folder is refused (WriteError) before anything is hashed or written.
+    `save_as` (SAVE_AS): the .raiiaf, the shareable PNG instead (name_00001_.png), or both.
     """
+    if save_as not in SAVE_AS:
+        raise NodeInputError(f"save_as is {str(save_as)[:40]!r}; expected one of {', '.join(SAVE_AS)}")
     batch, height, width = int(images.shape[0]), int(images.shape[1]), int(images.shape[2])
     prefix = expand_prefix(filename_prefix, width, height)
     rc.resolve_prefix(ctx.output_dir, prefix)
@@ -206,12 +214,25 @@ def save_images(images: torch.Tensor, filename_prefix: str, ctx: SaveContext, *,
             meta["tags"] = tag_list
         if notes.strip():
             meta["notes"] = notes
-        path = rc.write_numbered(output_root, prefix.replace("%batch_num%", str(index)), image=png,
-                                 tensors=tensors, metadata=meta, environment=environment)
+        path, shared = _write(output_root, prefix.replace("%batch_num%", str(index)), save_as, image=png,
+                              tensors=tensors, metadata=meta, environment=environment)
         subfolder = path.parent.relative_to(output_root).as_posix()
         subfolder = "" if subfolder == "." else subfolder
-        saved.append(SavedFile(path, path.name, subfolder, _write_preview(ctx, subfolder, path.name, png)))
+        saved.append(SavedFile(path, path.name, subfolder, _write_preview(ctx, subfolder, path.name, png), shared))
     return saved
+
+
+def _write(output_root: Path, prefix: str, save_as: str, **contents) -> tuple[Path, Path | None]:
+    """(the file written, the PNG beside it when both are)."""
+    if save_as == PNG:
+        return rc.write_numbered(output_root, prefix, png=True, **contents), None
+    path = rc.write_numbered(output_root, prefix, **contents)
+    if save_as == RAIIAF:
+        return path, None
+    try:  # named like the .raiiaf, unless another file has that name: then numbered like a PNG of its own
+        return path, rc.export_png(path, path.with_suffix(".png"), exclusive=True)
+    except rc.TargetExistsError:
+        return path, rc.write_numbered(output_root, prefix, png=True, **contents)
 
 
 def _write_preview(ctx: SaveContext, subfolder: str, name: str, png: bytes) -> tuple[str, str] | None:
