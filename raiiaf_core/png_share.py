@@ -163,11 +163,12 @@ def shared_texts(metadata: dict) -> dict[str, str]:
     return texts
 
 
-def export_parts(art: Artifact) -> list[bytes]:
-    """The shareable PNG of a file (checked already), as byte strings to write in order."""
+def export_parts(art: Artifact, image: bytes | None = None) -> list[bytes]:
+    """The shareable PNG of a file (checked already), as byte strings to write in order; `image`: the stored
+    image's bytes when the caller holds them checked (else they are read)."""
     if not art.has_image:
         raise RaiiafError(f"{art.name}: the file holds no image, so there is no PNG to export")
-    image = art.image_bytes()
+    image = art.image_bytes() if image is None else image
     if art.image_format != "png":
         name = _FORMAT_NAMES.get(art.image_format, str(art.image_format))
         raise RaiiafError(
@@ -221,8 +222,12 @@ def export_png(source, output=None, *, exclusive: bool = False, limits: layout.L
 
 
 def from_parts(parts: list[bytes], name: str) -> list[bytes]:
-    """The shareable PNG of a .raiiaf given as the writer's byte strings (rc.write(..., png=True))."""
-    return export_parts(Artifact(_MemorySource(b"".join(parts), name, None, layout.FIRST_READ)))
+    """The shareable PNG of a .raiiaf given as the writer's byte strings (rc.write(..., png=True)): its last
+    part is the image, just hashed by the writer, so it is not read back and hashed again."""
+    art = Artifact(_MemorySource(b"".join(parts), name, None, layout.FIRST_READ))
+    last = art.chunks[-1] if art.chunks else None
+    image = parts[-1] if last is not None and last.type == "image" and last.length == len(parts[-1]) else None
+    return export_parts(art, image)
 
 
 def raiiaf_bytes(art: Artifact, block: int = 1 << 20):
