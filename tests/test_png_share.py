@@ -289,3 +289,42 @@ def test_compressed_text_is_bounded(tmp_path):
     (tmp_path / "bomb.png").write_bytes(data)
     with pytest.raises(rc.LimitExceededError):
         rc.import_png(tmp_path / "bomb.png", tmp_path / "bomb.raiiaf")
+
+
+def test_a_file_whose_image_is_not_the_last_chunk(tmp_path):
+    """Readers may not rely on chunk order (docs/FORMAT.md): a file from a writer that puts the image before a
+    tensor exports and reads back the same way."""
+    import hashlib
+
+    from raiiaf_core import chunks, layout
+
+    built = [chunks.METADATA.build({"schema_version": 1, "seed": 3}), chunks.ENVIRONMENT.build(FIXED_ENV),
+             chunks.IMAGE.build(png_bytes()), chunks.TENSOR.build("noise", NOISE)]
+    index_length = 0
+    while True:  # offsets depend on the index's length, as in writer.build
+        offset, entries = layout.HEADER_SIZE + index_length, []
+        for item in built:
+            entries.append(layout.ChunkEntry(item.type, item.name, offset, len(item.payload),
+                                             hashlib.sha256(item.payload).hexdigest(), item.codec, item.size,
+                                             item.info))
+            offset += len(item.payload)
+        index = layout.encode_index(entries)
+        if len(index) == index_length:
+            break
+        index_length = len(index)
+    data = layout.pack_header(layout.HEADER_SIZE, len(index), offset, hashlib.sha256(index).digest()) + index + \
+        b"".join(item.payload for item in built)
+    path = tmp_path / "image_first.raiiaf"
+    path.write_bytes(data)
+    rc.open(path).verify()
+    exported = rc.export_png(path)
+    art = rc.open(exported)
+    art.verify()
+    assert np.array_equal(art.load_tensor("noise"), NOISE) and art.image_bytes() == png_bytes()
+    rc.import_png(exported, tmp_path / "back.raiiaf")
+    assert (tmp_path / "back.raiiaf").read_bytes() == data
+    for i in range(0, len(exported.read_bytes()), 7):  # damage after the image lands in the tensor
+        damaged = bytearray(exported.read_bytes())
+        damaged[i] ^= 0xFF
+        with pytest.raises(rc.RaiiafError):
+            rc.open(io.BytesIO(bytes(damaged))).verify()
