@@ -24,7 +24,7 @@ import struct
 import zlib
 from pathlib import Path
 
-from . import infotext, layout, png
+from . import images, infotext, layout, png
 from .atomic import write_atomic
 from .errors import CorruptFileError, NoArtifactError, RaiiafError, UnsupportedVersionError
 from .reader import Artifact, _FileSource, _MemorySource, _Source, open_artifact
@@ -147,9 +147,9 @@ class PngSource(_Source):
 
 # -- export -------------------------------------------------------------------------------------------------
 
-def shared_texts(metadata: dict) -> dict[str, str]:
+def shared_texts(metadata: dict, size: tuple | None = None) -> dict[str, str]:
     """The text chunks an export writes for a file's metadata: ComfyUI's prompt and workflow (as SaveImage
-    writes them), and A1111's parameters."""
+    writes them), and A1111's parameters (`size`: the image's, for a file whose metadata gives none)."""
     texts = {}
     host = metadata.get("host")
     comfy = host.get("comfyui") if isinstance(host, dict) else None
@@ -157,7 +157,7 @@ def shared_texts(metadata: dict) -> dict[str, str]:
         for key in ("prompt", "workflow"):
             if isinstance(comfy.get(key), dict):
                 texts[key] = json.dumps(comfy[key])
-    parameters = infotext.build(metadata)
+    parameters = infotext.build(metadata, size)
     if parameters is not None:
         texts["parameters"] = parameters
     return texts
@@ -176,8 +176,8 @@ def export_parts(art: Artifact, image: bytes | None = None) -> list[bytes]:
             f"image (changing the bytes the file's checksums cover), and {name} has no place a raiiaf chunk "
             "survives the tools that display and upload images (keep the .raiiaf)")
     existing = _check_stored_png(image, art.name, art.limits)
-    added = b"".join(png.text_chunk(key, text) for key, text in shared_texts(art.metadata).items()
-                     if key not in existing)
+    added = b"".join(png.text_chunk(key, text) for key, text in
+                     shared_texts(art.metadata, images.image_size(image, "png")).items() if key not in existing)
     entry = next(c for c in art.chunks if c.type == "image" and c.name == "")
     source = art._source  # noqa: SLF001 - the .raiiaf's own bytes as the reader serves them (from a PNG too)
     image_end = entry.offset + entry.length

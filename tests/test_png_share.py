@@ -328,3 +328,10 @@ def test_a_file_whose_image_is_not_the_last_chunk(tmp_path):
         damaged[i] ^= 0xFF
         with pytest.raises(rc.RaiiafError):
             rc.open(io.BytesIO(bytes(damaged))).verify()
+
+
+def test_the_image_gives_the_size_when_the_metadata_does_not(tmp_path):
+    path = rc.write(tmp_path / "p.raiiaf", image=png_bytes(24, 8), metadata={"prompt": "p", "seed": 1},
+                    environment=FIXED_ENV)
+    with Image.open(rc.export_png(path)) as im:
+        assert im.text["parameters"] == "p\nSeed: 1, Size: 24x8"
