@@ -1,6 +1,8 @@
 """A diffusers capture written as its shareable PNG (RaiiafCapture(output=...)): the PNG shows the image with A1111
 parameters, reads like the .raiiaf, replays bit for bit, and `raiiaf import` gives the .raiiaf back byte for byte."""
 
+import io
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -67,3 +69,21 @@ def test_bad_output_choices_are_refused(sd, tmp_path):
     with pytest.raises(CaptureError, match="same name"):
         capture.last.write(tmp_path / "cat.png", output="both")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_byte_of_the_private_chunk_is_checked(sd, tmp_path):
+    capture = RaiiafCapture(tmp_path / "cat.raiiaf", output="png")
+    generate(sd, capture)
+    data = capture.paths[0].read_bytes()
+    start = data.index(b"raIf") - 4
+    end = start + 12 + int.from_bytes(data[start:start + 4], "big")
+    missed = []
+    for i in range(start, end):
+        damaged = bytearray(data)
+        damaged[i] ^= 0xFF
+        try:
+            rc.open(io.BytesIO(bytes(damaged))).verify()
+        except rc.RaiiafError:
+            continue
+        missed.append(i)
+    assert missed == [] and end - start > 20_000  # the RNG tape's states, the noise, the record

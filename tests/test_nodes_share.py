@@ -105,3 +105,23 @@ def test_a_bad_choice_is_refused_before_anything_is_written(tmp_path, graph):
     with pytest.raises(NodeInputError, match="save_as is 'gif'"):
         save(tmp_path, graph, "gif")
     assert not (tmp_path / "output").exists()
+
+
+def test_every_byte_of_the_private_chunk_and_every_truncation_is_caught(tmp_path, graph):
+    (item,), _ = save(tmp_path, graph, "PNG")
+    data = item.path.read_bytes()
+    start = data.index(b"raIf") - 4
+    end = start + 12 + int.from_bytes(data[start:start + 4], "big")
+    missed = []
+    for i in range(start, end):
+        damaged = bytearray(data)
+        damaged[i] ^= 0xFF
+        try:
+            rc.open(io.BytesIO(bytes(damaged))).verify()
+        except rc.RaiiafError:
+            continue
+        missed.append(i)
+    assert missed == [] and end - start > 5_000  # the graph, workflow, runs, tensors and environment
+    for length in range(len(data)):
+        with pytest.raises(rc.RaiiafError):
+            rc.open(io.BytesIO(data[:length]))
