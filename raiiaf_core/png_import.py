@@ -177,7 +177,9 @@ def _one(source: Path, target: Path, limits: layout.Limits) -> Imported:
 
 
 def _jobs(sources: list[Path], output: Path) -> list[tuple[Path, Path]]:
-    if len(sources) == 1 and not sources[0].is_dir() and output.suffix == EXTENSION:
+    if output.suffix == EXTENSION:
+        if len(sources) != 1 or sources[0].is_dir():
+            raise RaiiafError(f"{output}: names one .raiiaf, for one PNG; give a folder to import several")
         return [(sources[0], output)]
     jobs = []
     for source in sources:

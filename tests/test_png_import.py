@@ -233,3 +233,12 @@ def test_the_graph_and_a_hostile_prompt_chunk_are_bounded(tmp_path):
     (tmp_path / "nested.png").write_bytes(nested)
     with pytest.raises(rc.NoArtifactError, match="holds no generation metadata"):
         rc.import_png(tmp_path / "nested.png", tmp_path / "n.raiiaf")
+
+
+def test_one_output_file_takes_one_png(tmp_path, capsys):
+    saveimage_png(tmp_path / "a.png")
+    a1111_png(tmp_path / "b.png")
+    assert main(["import", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(tmp_path / "x.raiiaf")]) == 1
+    assert "names one .raiiaf, for one PNG" in capsys.readouterr().err and not (tmp_path / "x.raiiaf").exists()
+    assert main(["import", str(tmp_path / "a.png"), "-o", str(tmp_path / "x.raiiaf")]) == 0
+    assert rc.open(tmp_path / "x.raiiaf").metadata["extra"]["import"]["from"] == "comfyui"
