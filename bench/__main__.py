@@ -1,6 +1,7 @@
 """`python -m bench`: how raiiaf compares with what users would pick instead, in one run on one machine.
 
-Sections: machine, size, save time, metadata scan, latent load, archive index (bench/bench_index.py), capture
+Sections: machine, size, save time, metadata scan, latent load, archive index (bench/bench_index.py), the
+shareable PNG (bench/bench_share.py), capture
 overhead (bench/bench_capture.py), capture overhead in a real ComfyUI (bench/bench_comfyui.py; opt-in: runs
 only when RAIIAF_COMFYUI_PATH is set).
 `--tiny` (alias `--quick`) runs everything on tiny inputs in seconds, for the smoke test.
@@ -16,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import bench_format, bench_index
+from . import bench_format, bench_index, bench_share
 from .common import load_average, machine_description
 
 
@@ -52,6 +53,7 @@ def main(argv=None) -> int:
         bench_format.run_scan(config, work, v1, v1_note)
         bench_format.run_latent_load(config, files)
         bench_index.run(args.tiny, work)
+        bench_share.run(args.tiny, work)
         if args.no_capture:
             print("\n== Capture overhead ==\nskipped (--no-capture)")
         else:

@@ -3,6 +3,7 @@
     import raiiaf_core as rc
     rc.write("out.raiiaf", image=png_bytes, tensors={"noise": noise}, metadata={"seed": 42})
     art = rc.open("out.raiiaf"); art.metadata; art.load_tensor("noise", framework="torch")
+    rc.export_png("out.raiiaf")          # out.png: shows everywhere, and rc.open reads it like the .raiiaf
 """
 
 from .drift import Difference, DriftReport, drift
@@ -12,6 +13,7 @@ from .errors import (
     LimitExceededError,
     MetadataError,
     MissingDependencyError,
+    NoArtifactError,
     RaiiafError,
     ReadError,
     TargetExistsError,
@@ -22,6 +24,8 @@ from .errors import (
 from .images import PNG_COMPRESS_LEVEL
 from .layout import MAGIC, MAJOR, MINOR, Limits
 from .naming import EXTENSION, resolve_prefix
+from .png_import import import_png, import_pngs
+from .png_share import export_png
 from .reader import Artifact, verify
 from .reader import open_artifact as open  # noqa: A001 - the library's entry point, like PIL.Image.open
 from .tensors import TensorInfo, tensor_sha256
@@ -32,7 +36,7 @@ FORMAT_VERSION = (MAJOR, MINOR)
 
 __all__ = [
     "Artifact", "CorruptFileError", "Difference", "DriftReport", "LimitExceededError", "Limits", "MetadataError",
-    "MissingDependencyError", "RaiiafError", "ReadError", "TargetExistsError", "TensorError", "TensorInfo",
+    "MissingDependencyError", "NoArtifactError", "RaiiafError", "ReadError", "TargetExistsError", "TensorError", "TensorInfo",
     "UnsupportedVersionError", "WriteError", "capture_environment", "drift", "open", "tensor_sha256", "verify",
-    "write", "write_numbered", "resolve_prefix", "FORMAT_VERSION", "EXTENSION", "MAGIC", "PNG_COMPRESS_LEVEL",
+    "write", "write_numbered", "export_png", "import_png", "import_pngs", "resolve_prefix", "FORMAT_VERSION", "EXTENSION", "MAGIC", "PNG_COMPRESS_LEVEL",
 ]

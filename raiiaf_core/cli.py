@@ -1,4 +1,4 @@
-"""The `raiiaf` command: inspect, verify, extract, pack, diff, view and env.
+"""The `raiiaf` command: inspect, verify, extract, pack, diff, view, index, export, import and env.
 
 Exit codes: 0 success; 1 a file failed verification, differs (diff) or could not be read; 2 bad usage.
 """
@@ -89,6 +89,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="print this machine's environment_key (to compare with the index's column) and exit")
     p.set_defaults(run=cmd_index)
 
+    p = sub.add_parser("export", help="write the shareable PNG of files: the stored PNG with ComfyUI's workflow, "
+                       "A1111 parameters and the whole file in a private chunk (rc.open reads it like the .raiiaf)")
+    p.add_argument("files", nargs="+", type=Path)
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("-o", "--output", type=Path, help="the PNG to write (one FILE only)")
+    where.add_argument("-d", "--dir", type=Path, help="folder to write FILE-stem.png files into (default: beside "
+                       "each FILE)")
+    p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("import", help="make .raiiaf files of PNGs: exported ones (byte-identical), ComfyUI's "
+                       "(noise rebuilt) and A1111/Forge's (settings only); folders are searched recursively")
+    p.add_argument("sources", nargs="+", type=Path, metavar="PNG_OR_DIR")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="folder to write into (created if missing), or X.raiiaf for a single PNG")
+    p.set_defaults(run=cmd_import)
+
     p = sub.add_parser("env", help="print the current environment as it would be recorded")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_env)
@@ -138,7 +154,7 @@ def cmd_extract(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RaiiafError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
-    stem = args.file.name.removesuffix(EXTENSION)
+    stem = _stem(args.file)
     written = []
     if art.has_image:
         written.append(_write_bytes(out / f"{stem}.{ 'jpg' if art.image_format == 'jpeg' else art.image_format}",
@@ -162,6 +178,11 @@ def cmd_extract(args) -> int:
     for path in written:
         print(escape(path))
     return 0
+
+
+def _stem(path: Path) -> str:
+    """The name outputs are named after: a file's name without .raiiaf (or .png, for an exported PNG)."""
+    return path.name.removesuffix(EXTENSION) if path.name.endswith(EXTENSION) else path.name.removesuffix(".png")
 
 
 def _json_file_text(value) -> tuple[str, bool]:
@@ -236,7 +257,7 @@ def cmd_view(args) -> int:
     from .view import render
 
     view = render(open_artifact(args.file))
-    print(_write_bytes(args.output or args.file.with_name(args.file.name.removesuffix(".raiiaf") + ".view.png"),
+    print(_write_bytes(args.output or args.file.with_name(_stem(args.file) + ".view.png"),
                        view.png()))
     for problem in view.problems:
         print(f"raiiaf: {escape(problem)}", file=sys.stderr)
@@ -256,6 +277,43 @@ def cmd_index(args) -> int:
                                storage_options=index.parse_storage_options(args.storage_option))
     print(report.format())
     return 1 if report.errors else 0
+
+
+def cmd_export(args) -> int:
+    from .png_share import export_png
+
+    if args.output is not None and len(args.files) > 1:
+        print("raiiaf export: -o names one PNG; give -d DIR for several files", file=sys.stderr)
+        return 2
+    status = 0
+    for path in args.files:
+        target = args.output or (args.dir / f"{_stem(path)}.png" if args.dir else None)
+        try:
+            if args.dir is not None:
+                args.dir.mkdir(parents=True, exist_ok=True)
+            print(escape(export_png(path, target)))
+        except RaiiafError as exc:
+            _error(exc)
+            status = 1
+        except OSError as exc:
+            _error(RaiiafError(f"{args.dir}: cannot create the output folder ({exc.strerror or exc})"))
+            status = 1
+    return status
+
+
+def cmd_import(args) -> int:
+    from .png_import import KINDS, import_pngs
+
+    def show(done: int, total: int, result) -> None:
+        if result.kind is not None:
+            line = f"OK    {escape(result.source)} -> {escape(result.output)} ({KINDS[result.kind]}: {escape(result.message)})"
+        else:
+            line = f"{'FAIL' if result.failed else 'SKIP'}  {escape(result.message)}"
+        print(f"[{done}/{total}] {line}", flush=True)
+
+    report = import_pngs(args.sources, args.output, progress=show)
+    print(report.format())
+    return 1 if report.failed or not report.imported else 0
 
 
 def cmd_env(args) -> int:

@@ -9,6 +9,10 @@ class CorruptFileError(RaiiafError):
     """A file is damaged or is not a .raiiaf file: bad magic, checksum, truncation, inconsistent sizes."""
 
 
+class NoArtifactError(CorruptFileError):
+    """A PNG that holds no raiiaf chunk: an image, not one made by `raiiaf export`."""
+
+
 class UnsupportedVersionError(RaiiafError):
     """A file was written by a newer major version of the format than this reader knows."""
 

@@ -1,4 +1,5 @@
-"""The archive index: one Parquet row per .raiiaf file, made from its header, index and metadata alone.
+"""The archive index: one Parquet row per .raiiaf file (or exported PNG), made from its header, index and metadata
+alone.
 
 `build_index(sources, output)` lists local folders (recursively) and fsspec URLs (s3://, gs://, https://),
 reads the files that are new or changed since the index at `output` was written, on a thread pool and in
@@ -27,7 +28,7 @@ from . import __version__
 from .atomic import write_atomic
 from .drift import output_relevant
 from .environment import capture_environment
-from .errors import MissingDependencyError, RaiiafError, ReadError
+from .errors import MissingDependencyError, NoArtifactError, RaiiafError, ReadError
 from .naming import EXTENSION
 from .reader import open_artifact
 from .report import environment_headline, escape
@@ -104,9 +105,11 @@ EXAMPLE_QUERIES = {
 
 # Errors that follow from the bytes alone: an unchanged file fails the same way again, so its row is kept.
 # Any other (unreadable, a missing optional package, a newer format) may go away, so that file is read again.
-_CONTENT_ERRORS = ("CorruptFileError", "LimitExceededError")
+_CONTENT_ERRORS = ("CorruptFileError", "LimitExceededError", "NoArtifactError")
 _BATCH_ROWS = 10_000  # rows turned into an Arrow table at a time, so a million rows never sit in Python dicts
 _SEED_MIN, _SEED_END = -(1 << 63), 1 << 64  # what torch.Generator.manual_seed accepts
+# What a folder is searched for: .raiiaf files, and PNGs, which are indexed when `raiiaf export` made them.
+_SUFFIXES = (EXTENSION, ".png")
 
 
 @dataclass
@@ -117,10 +120,12 @@ class IndexReport:
     kept: int  # rows carried over from the previous index, unchanged
     dropped: int  # rows of the previous index whose file is gone
     errors: list = field(default_factory=list)  # (path, error_type, error) of every row with an error
+    images: int = 0  # PNGs in the folders that hold no .raiiaf (images, not exported files): no row
 
     def format(self) -> str:
         lines = [f"{self.output}: {self.rows:,} files ({self.read:,} read, {self.kept:,} unchanged, "
-                 f"{self.dropped:,} dropped); {len(self.errors):,} could not be read"]
+                 f"{self.dropped:,} dropped); {len(self.errors):,} could not be read"
+                 + (f"; {self.images:,} PNG images hold no .raiiaf (not indexed)" if self.images else "")]
         # Each error names its file; file names and what files hold are escaped, like all the CLI prints.
         lines += [f"FAIL  {escape(error)}" for _, _, error in self.errors]
         return "\n".join(lines)
@@ -147,9 +152,10 @@ def build_index(sources, output, *, workers: int | None = None, progress: bool |
     tables = [previous.filter(pa.compute.is_in(previous["path"], pa.array(keep, pa.string())))] if keep else []
     if workers is None:
         workers = 32 if any(item.remote for item in todo) else 4
-    batch = list(listing_errors)
+    batch, read = list(listing_errors), 0
     for row in _read_rows(todo, workers, progress if progress is not None else sys.stderr.isatty()):
         batch.append(row)
+        read += 1
         if len(batch) >= _BATCH_ROWS:
             tables.append(pa.Table.from_pylist(batch, schema))
             batch = []
@@ -162,8 +168,8 @@ def build_index(sources, output, *, workers: int | None = None, progress: bool |
 
     failed = table.filter(table["error"].is_valid())
     errors = list(zip(*(failed[c].to_pylist() for c in ("path", "error_type", "error")))) if failed.num_rows else []
-    dropped = len(set(previous["path"].to_pylist()) - set(listed)) if previous is not None else 0
-    return IndexReport(output, table.num_rows, len(todo), len(keep), dropped, errors)
+    dropped = len(set(previous["path"].to_pylist()) - set(table["path"].to_pylist())) if previous is not None else 0
+    return IndexReport(output, table.num_rows, read, len(keep), dropped, errors, images=len(todo) - read)
 
 
 def environment_key(environment: dict | None = None) -> str:
@@ -288,6 +294,7 @@ class _Listed:
     etag: str | None
     opener: object  # () -> what rc.open reads: a path, or a seekable file object
     remote: bool = False
+    optional: bool = False  # a PNG found in a folder: a row only if it holds a .raiiaf (not if it is an image)
 
     @property
     def key(self) -> tuple:
@@ -323,21 +330,21 @@ def _list_local(source: str):
     failures = []
     for folder, _, names in os.walk(root, onerror=failures.append):
         for name in names:
-            if name.lower().endswith(EXTENSION):
-                yield _local_file(os.path.join(folder, name))
+            if name.lower().endswith(_SUFFIXES):
+                yield _local_file(os.path.join(folder, name), optional=not name.lower().endswith(EXTENSION))
     for exc in failures:
         yield _error_row(exc.filename, "ReadError", f"{exc.filename}: cannot list this folder "
                                                     f"({exc.strerror or exc}); its files are not in the index")
 
 
-def _local_file(path: str):
+def _local_file(path: str, optional: bool = False):
     try:
         st = os.stat(path)
     except OSError as exc:
         return _error_row(path, "ReadError", f"{path}: cannot read ({exc.strerror or exc})")
     if not stat.S_ISREG(st.st_mode):
         return _error_row(path, "ReadError", f"{path}: not a regular file")
-    return _Listed(path, st.st_size, st.st_mtime_ns // 1000, None, functools.partial(str, path))
+    return _Listed(path, st.st_size, st.st_mtime_ns // 1000, None, functools.partial(str, path), optional=optional)
 
 
 def _error_row(path: str, error_type: str, error: str) -> dict:
@@ -355,9 +362,10 @@ def _list_remote(url: str, storage_options: dict):
         fs, root = fsspec.core.url_to_fs(url, **storage_options)
         fs.invalidate_cache()  # a listing cached by an earlier index in this process may be stale
         info = fs.info(root)
-        if info.get("type") == "directory":
+        directory = info.get("type") == "directory"
+        if directory:
             found = sorted((p, i) for p, i in fs.find(root, detail=True).items()
-                           if p.lower().endswith(EXTENSION) and i.get("type") == "file")
+                           if p.lower().endswith(_SUFFIXES) and i.get("type") == "file")
         else:
             found = [(root, info)]
     except FileNotFoundError:
@@ -372,7 +380,8 @@ def _list_remote(url: str, storage_options: dict):
             continue
         modified = next((_microseconds(info[k]) for k in _MODIFIED_KEYS if info.get(k) is not None), None)
         etag = next((str(info[k]) for k in _ETAG_KEYS if info.get(k) is not None), None)
-        yield _Listed(name, size, modified, etag, functools.partial(_RangedFile, fs, path, size, name), remote=True)
+        yield _Listed(name, size, modified, etag, functools.partial(_RangedFile, fs, path, size, name), remote=True,
+                      optional=directory and not path.lower().endswith(EXTENSION))
 
 
 def _microseconds(value) -> int | None:
@@ -437,8 +446,9 @@ def _read_rows(items, workers: int, show_progress: bool):
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     for row in future.result():
-                        progress.advance(row["error"] is not None)
-                        yield row
+                        progress.advance(row is not None and row["error"] is not None)
+                        if row is not None:
+                            yield row
                     task = next(tasks, None)
                     if task is not None:
                         pending.add(pool.submit(_read_task, task, environments))
@@ -468,11 +478,14 @@ def _read_task(items, environments: dict) -> list:
     return [_read_row(item, environments) for item in items]
 
 
-def _read_row(item: _Listed, environments: dict) -> dict:
+def _read_row(item: _Listed, environments: dict) -> dict | None:
+    """The file's row; None for a PNG found in a folder that is an image, not an exported .raiiaf."""
     row = {**item.row(), "error_type": None, "error": None}
     try:
         row.update(describe(open_artifact(item.opener()), environments))
     except Exception as exc:  # remote filesystems raise their own types; every failure must become a row
+        if isinstance(exc, NoArtifactError) and item.optional:
+            return None
         if not isinstance(exc, RaiiafError):
             log.debug("reading %s failed", item.path, exc_info=True)
         message = str(exc) if isinstance(exc, RaiiafError) else f"{item.path}: {type(exc).__name__}: {exc}"

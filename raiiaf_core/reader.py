@@ -23,8 +23,9 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK
 class _Source:
     """Where an artifact's bytes are: positional reads of a known size, and the first bytes, read on opening.
 
-    Subclasses: a path, a seekable file object, bytes in memory. Anything that can answer read(offset, length)
-    with checked-later bytes can hold a .raiiaf (a private chunk of a PNG, for one).
+    Subclasses: a path, a seekable file object, bytes in memory, and the .raiiaf inside an exported PNG
+    (png_share.PngSource, over one of the others). Anything that can answer read(offset, length) with
+    checked-later bytes can hold a .raiiaf.
     """
 
     __slots__ = ("name", "size", "head")  # head: the first min(size, head_length) bytes
@@ -38,6 +39,9 @@ class _Source:
         for start in range(offset, offset + length, _HASH_BLOCK):
             digest.update(self.read(start, min(_HASH_BLOCK, offset + length - start)))
         return digest.hexdigest()
+
+    def verify(self) -> None:
+        """Check what the chunks' own checks do not cover: a container's structure (nothing, for a plain file)."""
 
     def _short(self, data: bytes, length: int) -> bytes:
         if len(data) != length:
@@ -181,7 +185,13 @@ class Artifact:
         self._origin, self.name, self.size = src, src.name, src.size
         self.version = None
         head = src.head
-        if head[6:7] == b"\x01" and layout.is_v1(head):  # written by the raiiaf 1.x library
+        if head[:8] == b"\x89PNG\r\n\x1a\n":  # a PNG from `raiiaf export`: the .raiiaf is inside it
+            from .png_share import PngSource
+
+            src = PngSource(src, layout.FIRST_READ, limits)
+            head = src.head
+        v1 = head[6:7] == b"\x01" and layout.is_v1(head)
+        if v1:  # written by the raiiaf 1.x library
             src = self._translate_v1(src)
             head = src.head
         self._source = src
@@ -189,7 +199,7 @@ class Artifact:
         layout.check_header_against_file(header, src.size, self.name, limits)
         self.version = self.version or (header.major, header.minor)
         # The header's checksum of the index; v1 files have none (this header is their in-memory translation's).
-        self.index_sha256 = header.index_sha256.hex() if src is self._origin else None
+        self.index_sha256 = None if v1 else header.index_sha256.hex()
         index_end = header.index_offset + header.index_length
         index = head[header.index_offset:index_end] if index_end <= len(head) else \
             src.read(header.index_offset, header.index_length)
@@ -394,6 +404,7 @@ class Artifact:
 
     def verify(self) -> None:
         """Read every chunk and check it; raises CorruptFileError naming the first damaged part."""
+        self._source.verify()
         for entry in self.chunks:
             handler = chunks.handler_for(entry.type, entry.name)
             part = self._parts.get((handler.role, entry.name)) if handler.role is not None else None
@@ -415,7 +426,8 @@ class Artifact:
 
 
 def open_artifact(source, limits: layout.Limits = layout.DEFAULT_LIMITS) -> Artifact:
-    """Open a .raiiaf file (a path or a seekable binary file object); reads only the header and index."""
+    """Open a .raiiaf file, or a PNG made by `raiiaf export` (a path or a seekable binary file object); reads only
+    the header and index."""
     return Artifact(source, limits)
 
 

@@ -10,37 +10,48 @@ from .environment import capture_environment
 from .errors import RaiiafError, WriteError
 
 
-def write(path, *, image=None, tensors=None, metadata=None, environment=None, exclusive: bool = False):
-    """Write one .raiiaf file atomically and return its path. The same inputs always give the same bytes."""
-    parts = _parts(path, image, tensors, metadata, environment)
+def write(path, *, image=None, tensors=None, metadata=None, environment=None, exclusive: bool = False,
+          png: bool = False):
+    """Write one .raiiaf file atomically and return its path. The same inputs always give the same bytes.
+
+    png=True writes the file as its shareable PNG instead (what `raiiaf export` makes of it; png_share.py).
+    """
+    parts = _parts(path, image, tensors, metadata, environment, png)
     return write_atomic(path, parts, exclusive=exclusive)
 
 
-def write_numbered(output_dir, prefix: str, *, image=None, tensors=None, metadata=None, environment=None):
-    """Write a new file named like ComfyUI's SaveImage names images ('sub/name' -> sub/name_00001_.raiiaf).
+def write_numbered(output_dir, prefix: str, *, image=None, tensors=None, metadata=None, environment=None,
+                   png: bool = False):
+    """Write a new file named like ComfyUI's SaveImage names images ('sub/name' -> sub/name_00001_.raiiaf, or
+    sub/name_00001_.png with png=True: the shareable PNG).
 
     Never replaces a file, also when many threads and processes save with the same prefix at once; a
     prefix leading outside output_dir is refused.
     """
     folder, name = naming.resolve_prefix(output_dir, prefix)
-    parts = _parts(folder / name, image, tensors, metadata, environment)
+    parts = _parts(folder / name, image, tensors, metadata, environment, png)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise WriteError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
-    return write_new(folder, naming.numbered_names(folder, name), parts)
+    return write_new(folder, naming.numbered_names(folder, name, ".png" if png else naming.EXTENSION), parts)
 
 
-def _parts(path, image, tensors, metadata, environment) -> list:
+def _parts(path, image, tensors, metadata, environment, png: bool = False) -> list:
     tensors = dict(tensors or {})
     try:
         metadata = schema.validate(metadata, set(tensors))
         environment = schema.to_json_value(capture_environment() if environment is None else environment,
                                            "environment")
         image_bytes = images.to_image_bytes(image) if image is not None else None
-        return build(image_bytes, tensors, metadata, environment)
+        parts = build(image_bytes, tensors, metadata, environment)
     except RaiiafError as exc:
         raise type(exc)(f"{path}: {exc}") from None
+    if png:
+        from .png_share import from_parts
+
+        parts = from_parts(parts, str(path))
+    return parts
 
 
 def build(image_bytes, tensor_map, metadata: dict, environment: dict) -> list:

@@ -30,7 +30,7 @@ import raiiaf_core as rc
 
 from . import _hooks, _intercept
 from ._recorder import CallRecorder
-from .captured import CapturedCall
+from .captured import OUTPUTS, CapturedCall
 from .errors import CaptureError
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,9 @@ class RaiiafCapture(PipelineCallback):
         step_latents_every: also store the latents after every N-th step (steps N-1, 2N-1, ...).
         exclusive: refuse to replace an existing file (raiiaf_core.TargetExistsError, kept in ``errors``).
         tags, notes, extra: copied into every file's metadata.
+        output: ``"raiiaf"`` writes the ``.raiiaf`` files; ``"png"`` their shareable PNGs instead (the path
+            with the suffix ``.png``: the image with A1111 parameters and the whole file inside, which
+            ``replay`` and ``raiiaf_core.open`` read like the ``.raiiaf``); ``"both"`` writes both.
 
     A file that cannot be written never costs the caller the images: the error is logged and kept in
     ``capture.errors``, and ``capture.last`` still holds the call.
@@ -67,8 +70,12 @@ class RaiiafCapture(PipelineCallback):
         tags: list[str] | None = None,
         notes: str | None = None,
         extra: dict | None = None,
+        output: str = "raiiaf",
     ):
         super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUTS))}, not {output!r}")
+        self.output = output
         if step_latents_every is not None and (not isinstance(step_latents_every, int) or step_latents_every < 1):
             raise ValueError("step_latents_every must be a positive integer or None")
         self.path = None if path is None else os.fspath(path)
@@ -148,7 +155,7 @@ class RaiiafCapture(PipelineCallback):
 
     def _write(self, captured: CapturedCall, number: int) -> None:
         try:
-            paths = captured.write(self.path, call=number, exclusive=self.exclusive)
+            paths = captured.write(self.path, call=number, exclusive=self.exclusive, output=self.output)
         except (rc.RaiiafError, OSError) as exc:
             logger.error("raiiaf_diffusers: could not write the capture to %s: %s (the images are returned; "
                          "capture.last.write(path) can still write it)", self.path, exc)

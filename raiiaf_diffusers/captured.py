@@ -29,6 +29,8 @@ from .record import (
 
 logger = logging.getLogger(__name__)
 
+# What a capture writes per image: the .raiiaf, its shareable PNG (raiiaf_core/png_share.py), or both.
+OUTPUTS = ("raiiaf", "png", "both")
 # torch.Generator().initial_seed() of a generator nobody seeded: not a seed the user chose.
 _UNSEEDED = 67280421310721
 
@@ -246,17 +248,27 @@ class CapturedCall:
             raise CaptureError(f"path template {os.fspath(path)!r} gives the same file name to several images")
         return out
 
-    def write(self, path: str | os.PathLike, *, call: int = 0, exclusive: bool = False) -> list[Path]:
-        """Write one file per image; returns the paths. Environment is captured once for the batch."""
+    def write(self, path: str | os.PathLike, *, call: int = 0, exclusive: bool = False,
+              output: str = "raiiaf") -> list[Path]:
+        """Write one file per image (`output` "png": its shareable PNG instead, the path with the suffix .png;
+        "both": the two); returns the paths. Environment is captured once for the batch."""
+        if output not in OUTPUTS:
+            raise CaptureError(f"output must be one of {', '.join(map(repr, OUTPUTS))}, not {output!r}")
         paths = self.paths_for(path, call)
+        if output == "both" and any(p.suffix == ".png" for p in paths):
+            raise CaptureError(f"path {os.fspath(path)!r} ends in .png: with output='both' the .raiiaf and its PNG "
+                               "would get the same name")
         environment = rc.capture_environment()
         written = []
         for i, p in enumerate(paths):
             if p.parent and not p.parent.exists():
                 p.parent.mkdir(parents=True, exist_ok=True)
-            written.append(Path(rc.write(p, image=_output.png_bytes(self.images[i]), tensors=self.tensors_for(i),
-                                         metadata=self.metadata_for(i), environment=environment,
-                                         exclusive=exclusive)))
+            contents = dict(image=_output.png_bytes(self.images[i]), tensors=self.tensors_for(i),
+                            metadata=self.metadata_for(i), environment=environment, exclusive=exclusive)
+            if output != "png":
+                written.append(Path(rc.write(p, **contents)))
+            if output != "raiiaf":
+                written.append(Path(rc.write(p.with_suffix(".png"), png=True, **contents)))
         return written
 
 

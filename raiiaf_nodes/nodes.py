@@ -23,15 +23,16 @@ from .hashing import FileHashCache
 from .noise import StoredNoise
 from .paths import list_raiiaf_files, resolve_annotated
 from .replay import compare_output, drift_report, image_tensor, load_run, rebuilt_sigma_settings, stored_latent
-from .save import PREVIEW_SUBFOLDER, SaveContext, save_images
+from .save import PREVIEW_SUBFOLDER, SAVE_AS, SaveContext, save_images
 
 CATEGORY = "raiiaf"
 WEB_DIRECTORY = str(Path(__file__).resolve().with_name("web"))  # the frontend extension (upload, report)
 REPORT_KEY = "raiiaf_report"  # UI output key that web/raiiaf.js shows in the node
 MAX_RUNS = 64
 
-_FILE_TOOLTIP = ("A .raiiaf file from ComfyUI's input folder, or from the output folder (marked [output]). "
-                 "Use the upload button to add one from your computer.")
+_FILE_TOOLTIP = ("A .raiiaf file (or a PNG made by raiiaf export or Raiiaf Save's PNG option) from ComfyUI's input "
+                 "folder, or from the output folder (marked [output]). Use the upload button to add one from your "
+                 "computer.")
 _RUN_TOOLTIP = ("Which sampling run of the file to replay: 0 is the first one (the one that started from noise); "
                 "hires-fix and refiner passes come after it.")
 
@@ -105,7 +106,8 @@ class RaiiafSave:
     DESCRIPTION = ("Saves each image as a .raiiaf file: the PNG plus the initial noise, sigmas, seed, sampler "
                    "settings, prompts, model file hashes, workflow and environment, so the image can be "
                    "regenerated bit for bit. Without Raiiaf Capture Sampling upstream, the noise is rebuilt "
-                   "from the sampler's seed and marked as reconstructed.")
+                   "from the sampler's seed and marked as reconstructed. save_as writes the file as a PNG instead "
+                   "(or both): the image with the workflow and the whole file inside.")
     RETURN_TYPES = ()
     FUNCTION = "save"
     OUTPUT_NODE = True
@@ -126,12 +128,15 @@ class RaiiafSave:
                                                  "when the noise has to be rebuilt."}),
                 "tags": ("STRING", {"default": "", "tooltip": "Comma-separated tags stored in the file."}),
                 "notes": ("STRING", {"default": "", "multiline": True, "tooltip": "Free notes stored in the file."}),
+                "save_as": (list(SAVE_AS), {"default": SAVE_AS[0], "tooltip": (
+                    "What to write per image: the .raiiaf; the PNG (the image with the workflow, A1111 parameters "
+                    "and the whole .raiiaf inside: it shows everywhere and Raiiaf Load Replay reads it); or both.")}),
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"},
         }
 
-    def save(self, images, filename_prefix, latent=None, tags="", notes="", prompt=None, extra_pnginfo=None,
-             unique_id=None):
+    def save(self, images, filename_prefix, latent=None, tags="", notes="", save_as=SAVE_AS[0], prompt=None,
+             extra_pnginfo=None, unique_id=None):
         bridge = _bridge()
         prompt_id, _ = bridge.executing()
         ctx = SaveContext(
@@ -141,9 +146,11 @@ class RaiiafSave:
             model_path=bridge.model_path,
             hash_cache=_model_hashes(os.path.join(bridge.user_dir(), "raiiaf", "model_sha256.json")),
             hash_progress=bridge.progress(unique_id), make_noise=bridge.prepare_noise, noise_maker=bridge.NOISE_MAKER)
-        saved = save_images(images, filename_prefix, ctx, latent=latent, tags=tags, notes=notes, store=STORE)
+        saved = save_images(images, filename_prefix, ctx, latent=latent, tags=tags, notes=notes, store=STORE,
+                            save_as=save_as)
         previews = [{"filename": s.preview[1], "subfolder": s.preview[0], "type": "temp"} for s in saved if s.preview]
-        files = [f"{s.subfolder}/{s.filename}" if s.subfolder else s.filename for s in saved]
+        files = [f"{s.subfolder}/{name}" if s.subfolder else name for s in saved
+                 for name in (s.filename, *([s.png.name] if s.png else []))]
         return {"ui": {"images": previews, "raiiaf_files": files}}
 
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from raiiaf_core.naming import EXTENSION, inside
+from raiiaf_core.png_share import holds_artifact
 
 from .errors import UnsafePathError
 
@@ -69,14 +70,39 @@ def _shown(name) -> str:
 
 
 def list_raiiaf_files(input_dir: str | os.PathLike, output_dir: str | os.PathLike) -> list[str]:
-    """Every .raiiaf under the input folder (plain names) and the output folder (names ending in " [output]")."""
+    """Every .raiiaf under the input folder (plain names) and the output folder (names ending in " [output]"),
+    and every PNG made by `raiiaf export` (or Raiiaf Save's PNG option) there."""
     found = []
     for folder, suffix in ((input_dir, ""), (output_dir, OUTPUT_SUFFIX)):
         root = Path(folder)
         if not root.is_dir():
             continue
         # Links leading out of the folder are left out: resolve_annotated would refuse them.
-        names = sorted(p.relative_to(root).as_posix() for p in root.rglob(f"*{EXTENSION}")
-                       if p.is_file() and inside(root, p))
+        names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                       if _pickable(p) and p.is_file() and inside(root, p))
         found.extend(name + suffix for name in names)
     return found
+
+
+def _pickable(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    return suffix == EXTENSION or suffix == ".png" and _exported(path)
+
+
+def _exported(path: Path) -> bool:
+    """Whether a PNG holds a .raiiaf; remembered per file version, since the lists are made on every page load."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    known = _EXPORTED.get(key)
+    if known is None:
+        known = _EXPORTED[key] = holds_artifact(path)
+        if len(_EXPORTED) > _EXPORTED_MAX:
+            _EXPORTED.pop(next(iter(_EXPORTED)))
+    return known
+
+
+_EXPORTED: dict = {}
+_EXPORTED_MAX = 100_000

@@ -183,6 +183,22 @@ class _Check:
         return info
 
 
+def readable(index: int, record: RunRecord, tensors: Mapping[str, TensorInfo]) -> RunRecord:
+    """The record, checked by the reader's own rules against the tensors it will be stored with; a record the
+    reader would refuse (say, a value of an unexpected type from a custom node) becomes a failed run naming the
+    problem, so no file holds a run that Raiiaf Load Replay cannot read."""
+    try:
+        RunRecord.from_json(record.to_json(), where=f"run {index}", tensors=tensors)
+    except RecordError as exc:
+        return RunRecord(source=FAILED, node_id=record.node_id, error=f"the record would not read back: {exc}")
+    return record
+
+
+def tensor_name(run_index: int, part: str) -> str:
+    """Names of a run's tensors in the file: run0.noise, run0.sigmas, run0.latent_in, run0.denoise_mask."""
+    return f"run{run_index}.{part}"
+
+
 def is_name(value) -> bool:
     return isinstance(value, str) and bool(_NAME.match(value))
 

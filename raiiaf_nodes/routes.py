@@ -1,6 +1,6 @@
 """The HTTP route behind dropping a .raiiaf onto the ComfyUI canvas: the file in, its stored workflow out.
 
-    POST /raiiaf/workflow?name=<file name>      body: the .raiiaf file
+    POST /raiiaf/workflow?name=<file name>      body: the .raiiaf file (or a PNG made by `raiiaf export`)
     200 {"name", "workflow", "prompt", "message"}   workflow/prompt are null when the file holds none;
                                                     message says why there is no workflow (null when there is)
     400 {"error"}   not a readable .raiiaf (damaged, hostile, not one at all): raiiaf_core's message

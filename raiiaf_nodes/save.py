@@ -1,4 +1,5 @@
-"""Writing one .raiiaf per image: the image, the runs that made it, the graph, model hashes, environment."""
+"""Writing one .raiiaf per image: the image, the runs that made it, the graph, model hashes, environment (and, on
+request, the file as its shareable PNG)."""
 
 from __future__ import annotations
 
@@ -21,23 +22,21 @@ from raiiaf_core.naming import inside
 
 from . import __version__
 from .capture import STORE, CapturedRun, CaptureStore, dtype_name
-from .errors import ReconstructionError, RecordError
+from .errors import NodeInputError
 from .graph import Graph
+from .graph_record import add_graph_settings, model_record, rebuilt_record, run_metadata
 from .hashing import FileHashCache
 from .noise import reconstruct_noise
 from .paths import expand_prefix
-from .record import FAILED, MAX_SEED, MAX_STEPS, RECONSTRUCTED, RunRecord, is_name, is_number
+from .record import FAILED, RunRecord, readable, tensor_name
 
 log = logging.getLogger(__name__)
 
 GENERATOR = {"name": "raiiaf_nodes", "version": __version__}
+# What a save writes per image: the .raiiaf, its shareable PNG (raiiaf_core/png_share.py), or both.
+SAVE_AS = (RAIIAF, PNG, BOTH) = (".raiiaf", "PNG", "both")
 PREVIEW_SUBFOLDER = "raiiaf_previews"
 NoiseMaker = Callable[[list, int, "list | None", torch.dtype], torch.Tensor]
-
-
-def tensor_name(run_index: int, part: str) -> str:
-    """Names of a run's tensors in the file: run0.noise, run0.sigmas, run0.latent_in, run0.denoise_mask."""
-    return f"run{run_index}.{part}"
 
 
 @dataclass
@@ -63,10 +62,11 @@ class SaveContext:
 
 @dataclass(frozen=True)
 class SavedFile:
-    path: Path
+    path: Path  # the .raiiaf, or the shareable PNG when only that was written
     filename: str
     subfolder: str
     preview: tuple[str, str] | None  # (subfolder, file name) of the PNG preview in ComfyUI's temp folder
+    png: Path | None = None  # the shareable PNG beside the .raiiaf, when both were written
 
 
 def image_to_png(image: torch.Tensor, text_chunks: dict[str, str] | None = None) -> bytes:
@@ -92,92 +92,39 @@ def _numbered(index: int, run: CapturedRun, graph: Graph) -> tuple[RunRecord, di
     record = replace(run.record, node_id=run.node_id,
                      **{_TENSOR_FIELDS[part]: tensor_name(index, part) for part in run.tensors})
     if run.node_id is not None and run.node_id in graph.nodes:
-        _add_graph_settings(record, graph, run.node_id)
+        add_graph_settings(record, graph, run.node_id)
     return _readable(index, record, tensors)
 
 
 def _readable(index: int, record: RunRecord, tensors: dict) -> tuple[RunRecord, dict]:
-    """The record checked by the reader's own rules before it is written.
-
-    A record the reader would refuse (say, a value of an unexpected type from a custom node) is saved as a
-    failed run naming the problem instead, so no file holds a run that Raiiaf Load Replay cannot read.
-    """
+    """The record checked by the reader's own rules before it is written (record.readable), with its tensors."""
     infos = {name: rc.TensorInfo(name, dtype_name(t.dtype), tuple(t.shape)) for name, t in tensors.items()}
-    try:
-        RunRecord.from_json(record.to_json(), where=f"run {index}", tensors=infos)
-    except RecordError as exc:
-        return RunRecord(source=FAILED, node_id=record.node_id, error=f"the record would not read back: {exc}"), {}
-    return record, tensors
-
-
-def _add_graph_settings(record: RunRecord, graph: Graph, node_id: str) -> None:
-    """Widget settings the sampler does not report; only values of the types the record reads back are kept."""
-    settings = graph.sampler_settings(node_id)
-    record.class_type = settings["class_type"] if isinstance(settings.get("class_type"), str) else None
-    for key in ("sampler_name", "scheduler"):
-        if is_name(settings.get(key)):
-            setattr(record, key, settings[key])
-    denoise = settings.get("denoise")
-    if is_number(denoise) and 0 <= denoise <= 1:
-        record.denoise = float(denoise)
-    steps = settings.get("steps")
-    if record.steps is None and isinstance(steps, int) and not isinstance(steps, bool) and 0 <= steps <= MAX_STEPS:
-        record.steps = steps
-    if record.cfg is None and is_number(settings.get("cfg")):
-        record.cfg = float(settings["cfg"])
-    record.positive, record.negative = graph.prompt_texts(node_id)
+    checked = readable(index, record, infos)
+    return (checked, tensors) if checked is record else (checked, {})
 
 
 def _reconstructed_run(ctx: SaveContext, graph: Graph, ancestors: list[str], latent: torch.Tensor | None,
                        batch_index) -> tuple[RunRecord, dict] | None:
     """KSampler's noise rebuilt from the graph's seed and latent size, for graphs without the capture node."""
-    samplers = [n for n in ancestors if graph.noise_settings(n) is not None]
-    if not samplers:
+    record = rebuilt_record(graph, ancestors, None if latent is None else list(latent.shape), batch_index,
+                            {"function": ctx.noise_maker, "comfyui_version": ctx.comfyui_version})
+    if record is None:
         return None
-    node = samplers[-1]  # the sampler nearest the image made the latent that was decoded
-    settings = graph.noise_settings(node)
-    seed = settings["seed"]
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-        raise ReconstructionError(
-            f"cannot rebuild the noise of sampler node {node}: its seed comes from another node's output; "
-            "put a Raiiaf Capture Sampling node on the MODEL line to record the real noise")
-    if latent is not None:
-        shape = list(latent.shape)
+    dtype = getattr(torch, record.latent_dtype)
+    if record.add_noise:
+        noise = ctx.make_noise(record.latent_shape, record.seed, batch_index, dtype)
     else:
-        shape = graph.latent_shape(node)
-        if shape is None:
-            raise ReconstructionError(
-                f"cannot rebuild the noise of sampler node {node}: the latent size is not in the graph; connect "
-                "the sampler's LATENT to the save node's latent input, or use Raiiaf Capture Sampling")
-    # EmptyLatentImage gives float32 latents, and KSampler draws its noise in the latent's dtype.
-    dtype = torch.float32
-    if settings["add_noise"]:
-        noise = ctx.make_noise(shape, seed, batch_index, dtype)
-    else:
-        noise = torch.zeros(shape, dtype=dtype)
-    record = RunRecord(
-        source=RECONSTRUCTED, node_id=node, seed=seed, latent_shape=shape, latent_dtype=dtype_name(dtype),
-        noise_dtype=dtype_name(noise.dtype), empty_start=graph.latent_shape(node) is not None,
-        batch_index=batch_index, add_noise=settings["add_noise"], noise=tensor_name(0, "noise"),
-        rebuilt_by={"function": ctx.noise_maker, "comfyui_version": ctx.comfyui_version})
-    _add_graph_settings(record, graph, node)
-    record.sampler = record.sampler_name or ""
-    return _readable(0, record, {tensor_name(0, "noise"): noise})
+        noise = torch.zeros(record.latent_shape, dtype=dtype)
+    record.noise_dtype = dtype_name(noise.dtype)
+    return _readable(0, record, {record.noise: noise})
 
 
 def _model_record(ctx: SaveContext, graph: Graph, nodes: list[str]) -> dict | None:
-    files = []
-    for item in graph.model_files(nodes):
-        entry = {"role": item["role"], "name": item["name"], "sha256": None, "size": None}
-        path = ctx.model_path(item["folder"], item["name"])
-        if path is not None:
-            entry["size"] = os.path.getsize(path)
-            entry["sha256"] = ctx.hash_cache.sha256(path, ctx.hash_progress)
-        files.append(entry)
-    if not files:
-        return None
-    main = next((f for f in files if f["role"] in ("checkpoint", "diffusion_model")), files[0])
-    return {"name": main["name"], "sha256": main["sha256"], "files": files}
+    def locate(folder: str, name: str):
+        path = ctx.model_path(folder, name)
+        return None if path is None else (os.path.getsize(path), ctx.hash_cache.sha256(path, ctx.hash_progress))
+
+    return model_record(graph, nodes, locate)
 
 
 def _metadata(runs: list[RunRecord], width: int, height: int, index: int, size: int) -> dict:
@@ -185,21 +132,7 @@ def _metadata(runs: list[RunRecord], width: int, height: int, index: int, size: 
                   "batch": {"index": index, "size": size}, "runs": [run.to_json() for run in runs]}
     if not runs or not runs[0].replayable:
         return meta
-    first = runs[0]  # top-level fields describe the run that started from noise
-    meta["noise"] = {"tensor": first.noise, "source": first.source}
-    meta["seed"] = first.seed
-    for value, field_name in ((first.positive, "prompt"), (first.negative, "negative_prompt"),
-                              (first.scheduler, "scheduler"), (first.sampler_name or first.sampler, "sampler")):
-        if value:
-            meta[field_name] = value
-    if first.steps is not None:
-        meta["steps"] = first.steps
-    if first.cfg is not None:
-        meta["guidance_scale"] = first.cfg
-    if first.denoise is not None:
-        meta["strength"] = first.denoise
-    if first.sampler_options:
-        meta["sampler_settings"] = {"sampler": first.sampler, "options": first.sampler_options}
+    meta.update(run_metadata(runs[0]))  # top-level fields describe the run that started from noise
     return meta
 
 
@@ -209,12 +142,15 @@ def parse_tags(tags: str) -> list[str]:
 
 def save_images(images: torch.Tensor, filename_prefix: str, ctx: SaveContext, *, latent: dict | None = None,
                 tags: str = "", notes: str = "", store: CaptureStore = STORE,
-                environment: dict | None = None) -> list[SavedFile]:
+                environment: dict | None = None, save_as: str = RAIIAF) -> list[SavedFile]:
     """Write one .raiiaf per image of the IMAGE batch `images` ([B, H, W, C]); returns what was written.
 
     Files are named like SaveImage names PNGs (`sub/name` -> output/sub/name_00001_.raiiaf, counting up); a
     prefix leading outside the output folder is refused (WriteError) before anything is hashed or written.
+    `save_as` (SAVE_AS): the .raiiaf, the shareable PNG instead (name_00001_.png), or both.
     """
+    if save_as not in SAVE_AS:
+        raise NodeInputError(f"save_as is {str(save_as)[:40]!r}; expected one of {', '.join(SAVE_AS)}")
     batch, height, width = int(images.shape[0]), int(images.shape[1]), int(images.shape[2])
     prefix = expand_prefix(filename_prefix, width, height)
     rc.resolve_prefix(ctx.output_dir, prefix)
@@ -278,12 +214,25 @@ def save_images(images: torch.Tensor, filename_prefix: str, ctx: SaveContext, *,
             meta["tags"] = tag_list
         if notes.strip():
             meta["notes"] = notes
-        path = rc.write_numbered(output_root, prefix.replace("%batch_num%", str(index)), image=png,
-                                 tensors=tensors, metadata=meta, environment=environment)
+        path, shared = _write(output_root, prefix.replace("%batch_num%", str(index)), save_as, image=png,
+                              tensors=tensors, metadata=meta, environment=environment)
         subfolder = path.parent.relative_to(output_root).as_posix()
         subfolder = "" if subfolder == "." else subfolder
-        saved.append(SavedFile(path, path.name, subfolder, _write_preview(ctx, subfolder, path.name, png)))
+        saved.append(SavedFile(path, path.name, subfolder, _write_preview(ctx, subfolder, path.name, png), shared))
     return saved
+
+
+def _write(output_root: Path, prefix: str, save_as: str, **contents) -> tuple[Path, Path | None]:
+    """(the file written, the PNG beside it when both are)."""
+    if save_as == PNG:
+        return rc.write_numbered(output_root, prefix, png=True, **contents), None
+    path = rc.write_numbered(output_root, prefix, **contents)
+    if save_as == RAIIAF:
+        return path, None
+    try:  # named like the .raiiaf, unless another file has that name: then numbered like a PNG of its own
+        return path, rc.export_png(path, path.with_suffix(".png"), exclusive=True)
+    except rc.TargetExistsError:
+        return path, rc.write_numbered(output_root, prefix, png=True, **contents)
 
 
 def _write_preview(ctx: SaveContext, subfolder: str, name: str, png: bytes) -> tuple[str, str] | None:

@@ -26,3 +26,20 @@ def small_file(tmp_path):
                                                   "noise": {"tensor": "noise", "source": "captured"}},
         environment=FIXED_ENV)
     return path
+
+
+def undetected_private_chunk_flips(data: bytes) -> tuple[list, int]:
+    """(offsets where inverting one byte of an exported PNG's raIf chunk, its length, type, data or CRC, goes
+    unnoticed by rc.open + verify, the chunk's length): a damaged byte anywhere in it must be caught."""
+    start = data.index(b"raIf") - 4
+    end = start + 12 + int.from_bytes(data[start:start + 4], "big")
+    missed = []
+    for i in range(start, end):
+        damaged = bytearray(data)
+        damaged[i] ^= 0xFF
+        try:
+            rc.open(io.BytesIO(bytes(damaged))).verify()
+        except rc.RaiiafError:
+            continue
+        missed.append(i)
+    return missed, end - start

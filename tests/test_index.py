@@ -96,7 +96,7 @@ def rows_by_name(output):
 ZFP_ERROR = [] if HAVE_ZFPY else ["f32_zfp.raiiaf"]
 ERRORS = {"truncated.raiiaf": ("CorruptFileError", "truncated"),
           "flipped.raiiaf": ("CorruptFileError", "metadata chunk is damaged (sha256 mismatch)"),
-          "a_png.raiiaf": ("CorruptFileError", "not a .raiiaf file"),
+          "a_png.raiiaf": ("NoArtifactError", "not a .raiiaf file"),  # a PNG without a raiiaf chunk, named .raiiaf
           "empty.raiiaf": ("CorruptFileError", "not a .raiiaf file"),
           "future.raiiaf": ("UnsupportedVersionError", "newer than this reader"),
           **{name: ("MissingDependencyError", "zfpy") for name in ZFP_ERROR}}
@@ -342,3 +342,22 @@ def test_failures_are_printed_with_terminal_controls_escaped(tmp_path, capsys):
     assert "\x1b" not in out and "\u202e" not in out and "clear\\x1b[2J\\u202e.raiiaf" in out
     [row] = pq.read_table(tmp_path / "i.parquet").to_pylist()
     assert row["path"].endswith("clear\x1b[2J\u202e.raiiaf")  # the index keeps the real name
+
+
+def test_exported_pngs_are_indexed_like_their_raiiaf_and_images_are_left_out(tmp_path):
+    folder = tmp_path / "shared"
+    made = write(folder / "comfy.raiiaf", comfy_metadata(5, "dpmpp_2m", "a dog"), HERE)
+    rc.export_png(made)
+    (folder / "photo.png").write_bytes(png_bytes())
+    output = tmp_path / "index.parquet"
+    report = build_index([folder], output)
+    rows = rows_by_name(output)
+    assert set(rows) == {"comfy.raiiaf", "comfy.png"} and report.images == 1 and report.errors == []
+    assert "1 PNG images hold no .raiiaf (not indexed)" in report.format()
+    file_columns = ("path", "size", "modified", "etag")
+    assert {k: v for k, v in rows["comfy.png"].items() if k not in file_columns} == \
+        {k: v for k, v in rows["comfy.raiiaf"].items() if k not in file_columns}
+    # Named on the command line, an image is a row that says what it is.
+    build_index([folder / "photo.png"], tmp_path / "one.parquet")
+    (row,) = pq.read_table(tmp_path / "one.parquet").to_pylist()
+    assert row["error_type"] == "NoArtifactError" and "not made by `raiiaf export`" in row["error"]

@@ -348,3 +348,27 @@ def test_comfyui_can_load_the_pip_installed_nodes_through_a_one_line_file(tmp_pa
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["4", "True"]
+
+
+def test_save_writes_the_shareable_png_and_the_replay_nodes_take_it(bridge, graph):
+    (model,) = nodes.RaiiafCapture().capture("the model")
+    noise, sigmas = reconstruct_noise([1, 4, 8, 8], 42), torch.linspace(14.6, 0, 5)
+    output = fake_sampling(noise, sigmas, torch.zeros(1, 4, 8, 8), 7.0)
+    bridge.context = ("prompt-1", "3")
+    bridge.wrappers[0](noise=noise, sigmas=sigmas, seed=42, sampler_function=sample_euler_ancestral,
+                       sampler_options={}, inpaint_options={}, cfg=7.0, guider="CFGGuider", denoise_mask=None,
+                       latent_image=torch.zeros(1, 4, 8, 8), model={"config": "SD15"}, output=output,
+                       prompt_id="prompt-1", node_id="3")
+    bridge.context = ("prompt-1", "9")
+    assert nodes.RaiiafSave.INPUT_TYPES()["optional"]["save_as"][0] == [".raiiaf", "PNG", "both"]
+    ui = nodes.RaiiafSave().save(torch.rand(1, 64, 64, 3), "raiiaf/fox", latent={"samples": output}, save_as="both",
+                                 prompt=graph, extra_pnginfo={"workflow": {"nodes": []}}, unique_id="9")
+    assert ui["ui"]["raiiaf_files"] == ["raiiaf/fox_00001_.raiiaf", "raiiaf/fox_00001_.png"]
+    file = "raiiaf/fox_00001_.png [output]"
+    assert file in nodes.RaiiafLoad.INPUT_TYPES()["required"]["file"][0]
+    assert nodes.RaiiafLoad.VALIDATE_INPUTS(file) is True
+    outs = dict(zip(nodes.RaiiafLoad.RETURN_NAMES, nodes.RaiiafLoad().load(file, 0)["result"], strict=True))
+    assert torch.equal(outs["noise"].generate_noise(outs["latent_in"]), noise)
+    assert torch.equal(outs["sigmas"], sigmas) and torch.equal(outs["latent"]["samples"], output)
+    result = nodes.RaiiafResample().resample("the model", "pos", "neg", file, 0)
+    assert result["ui"]["raiiaf_identical"] == [True]

@@ -100,3 +100,13 @@ def test_the_route_is_added_once():
     routes.add_to(table, 10)
     routes.add_to(table, 10)  # the package imported twice (a clone and a pip install) must not add it twice
     assert [(r.method, r.path) for r in table] == [("POST", routes.ROUTE)]
+
+
+def test_an_exported_png_is_read_like_the_raiiaf(tmp_path):
+    path = tmp_path / "f.raiiaf"
+    path.write_bytes(comfyui_file(tmp_path))
+    status, answer = post(rc.export_png(path).read_bytes(), name="fox.png")
+    assert status == 200 and answer["name"] == "fox.png" and answer["message"] is None
+    assert answer["workflow"] == json.loads((WORKFLOWS / "raiiaf_capture_save.json").read_text())
+    status, answer = post(png_bytes(), name="photo.png")
+    assert status == 400 and "not made by `raiiaf export`" in answer["error"]

@@ -95,7 +95,7 @@ function addUploadButton(node) {
   if (!fileWidget) return;
   const picker = document.createElement("input");
   picker.type = "file";
-  picker.accept = ".raiiaf";
+  picker.accept = ".raiiaf,.png"; // a PNG from `raiiaf export` or Raiiaf Save's PNG option holds a .raiiaf
   picker.style.display = "none";
   picker.onchange = async () => {
     if (!picker.files.length) return;

@@ -347,3 +347,40 @@ def test_shape_mismatch_is_a_clear_error(comfy):
     graph["6"]["inputs"]["latent_image"] = ["30", 0]
     with pytest.raises(AssertionError, match="stored noise has shape"):
         comfy.run(graph)
+
+
+def test_a_saveimage_png_imported_with_raiiaf_import_replays_to_its_pixels(comfy):
+    """A PNG written by ComfyUI's own SaveImage (no raiiaf node in the graph), turned into a .raiiaf by `raiiaf
+    import` (noise rebuilt outside ComfyUI), replays through Raiiaf Load Replay -> SamplerCustomAdvanced and
+    through Raiiaf Resample to the PNG's own pixels; so does the PNG `raiiaf export` makes of that file."""
+    graph = capture_graph("unused", capture=False)
+    graph["9"] = {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "plain/saveimage"}}
+    workflow = json.loads((WORKFLOWS / "raiiaf_capture_save.json").read_text())
+    item = comfy.run(graph, workflow)["9"]["images"][0]
+    png = comfy.base / "output" / item["subfolder"] / item["filename"]
+    original = np.asarray(Image.open(png).convert("RGB"))
+
+    folder = comfy.base / "input" / "imported"
+    folder.mkdir(parents=True, exist_ok=True)
+    result = rc.import_png(png, folder / "saveimage.raiiaf")
+    assert result.kind == "comfyui", result
+    art = rc.open(folder / "saveimage.raiiaf")
+    art.verify()
+    assert art.image_bytes() == png.read_bytes()
+    assert art.metadata["host"]["comfyui"]["workflow"] == workflow
+    record = art.metadata["runs"][0]
+    assert (record["source"], record["class_type"], record["seed"], record["steps"]) == (
+        "reconstructed", "KSampler", SEED, STEPS)
+    assert torch.equal(art.load_tensor("run0.noise", framework="torch"), reconstruct_noise([1, 4, 8, 8], SEED))
+    shared = rc.export_png(folder / "saveimage.raiiaf", folder / "shared.png")
+    listed = comfy.request("/object_info/RaiiafLoad")["RaiiafLoad"]["input"]["required"]["file"][0]
+    assert "imported/saveimage.raiiaf" in listed and "imported/shared.png" in listed
+    assert f"{item['subfolder']}/{item['filename']} [output]" not in listed  # SaveImage's PNG holds no .raiiaf
+
+    for name in ("imported/saveimage.raiiaf", "imported/shared.png"):
+        outputs = comfy.run(replay_graph(name, f"replay/{Path(name).stem}", 0, scheduler_steps=STEPS))
+        for node in ("8", "11"):  # Load Replay -> SamplerCustomAdvanced, and Resample
+            assert np.array_equal(saved_pixels(comfy, outputs, node, 0), original), f"{name}: pixels of {node}"
+        assert outputs["9"]["raiiaf_identical"] == [None]  # SaveImage kept no latent to compare with
+    assert rc.import_png(shared, folder / "back.raiiaf").kind == "raiiaf"
+    assert (folder / "back.raiiaf").read_bytes() == (folder / "saveimage.raiiaf").read_bytes()
