@@ -262,7 +262,7 @@ class Artifact:
         kind, name = (entry["type"], entry["name"]) if type(entry) is dict else (entry.type, entry.name)
         return f"{self.name}: {kind} chunk" + (f" '{name}'" if name else "")
 
-    def _raw(self, entry) -> bytes:
+    def chunk_bytes(self, entry) -> bytes:
         """The chunk's stored bytes, checked against the index's sha256."""
         end = entry.offset + entry.length
         head = self._source.head
@@ -273,13 +273,13 @@ class Artifact:
 
     def check_hash(self, entry) -> None:
         if entry.length <= _HASH_BLOCK:
-            self._raw(entry)
+            self.chunk_bytes(entry)
         elif self._source.hash(entry.offset, entry.length) != entry.sha256:  # in blocks: never all in memory
             raise CorruptFileError(f"{self.describe(entry)} is damaged (sha256 mismatch)")
 
     def decoded(self, entry) -> bytes:
         """The chunk's payload as stored before encoding: hash-checked, then decompressed within the limits."""
-        data = self._raw(entry)
+        data = self.chunk_bytes(entry)
         if entry.codec == "none":
             return data
         if entry.codec != "zstd":
@@ -402,13 +402,23 @@ class Artifact:
         handler, entry, spec = self._tensor(name)
         return handler.payload(self, entry, spec)
 
-    def verify(self) -> None:
-        """Read every chunk and check it; raises CorruptFileError naming the first damaged part."""
+    def verify(self) -> list:
+        """Read every chunk and check it; raises CorruptFileError naming the first damaged part (a noise recipe
+        that draws differently: RecipeMismatchError). Returns what could not be checked here, one line each: a
+        noise recipe, when torch is not installed."""
         self._source.verify()
+        unchecked = []
         for entry in self.chunks:
             handler = chunks.handler_for(entry.type, entry.name)
             part = self._parts.get((handler.role, entry.name)) if handler.role is not None else None
-            handler.verify(self, entry, part[2] if part else None)
+            note = handler.verify(self, entry, part[2] if part else None)
+            if note is not None:
+                unchecked.append(note)
+        return unchecked
+
+    def tensor_stored_as(self, name: str) -> str:
+        """How the file holds a tensor: "tensor" (its bytes) or "tensor_recipe" (drawn again when loaded)."""
+        return self._tensor(name)[0].type
 
     def view(self):
         """One picture of the file as a PIL image: the image, noise, latents, sigma schedule, caption (view.py)."""
