@@ -372,3 +372,32 @@ def test_save_writes_the_shareable_png_and_the_replay_nodes_take_it(bridge, grap
     assert torch.equal(outs["sigmas"], sigmas) and torch.equal(outs["latent"]["samples"], output)
     result = nodes.RaiiafResample().resample("the model", "pos", "neg", file, 0)
     assert result["ui"]["raiiaf_identical"] == [True]
+
+
+def test_save_node_noise_storage_recipe_loads_the_same_noise(bridge, graph):
+    assert nodes.RaiiafSave.INPUT_TYPES()["optional"]["noise_storage"][0] == ["raw", "recipe"]
+    bridge.context = ("prompt-3", "9")
+    nodes.RaiiafSave().save(torch.rand(1, 64, 64, 3), "small", noise_storage="recipe", prompt=graph, unique_id="9")
+    art = rc.open(bridge.root / "output" / "small_00001_.raiiaf")
+    # The bridge's stand-in prepare_noise doubles the seed's draw: no seed recipe gives it, so it stays raw.
+    assert art.tensor_stored_as("run0.noise") == "tensor"
+    outs = dict(zip(nodes.RaiiafLoad.RETURN_NAMES, nodes.RaiiafLoad().load("small_00001_.raiiaf [output]", 0)["result"],
+                    strict=True))
+    assert torch.equal(outs["noise"].noise, reconstruct_noise([1, 4, 64, 64], 42) * 2)
+    # Noise the capture node saw KSampler draw from seed 42 is stored as its recipe.
+    (model,) = nodes.RaiiafCapture().capture("the model")
+    noise, sigmas = reconstruct_noise([1, 4, 8, 8], 42), torch.linspace(14.6, 0, 5)
+    output = fake_sampling(noise, sigmas, torch.zeros(1, 4, 8, 8), 7.0)
+    bridge.context = ("prompt-4", "3")
+    bridge.wrappers[0](noise=noise, sigmas=sigmas, seed=42, sampler_function=sample_euler_ancestral,
+                       sampler_options={}, inpaint_options={}, cfg=7.0, guider="CFGGuider", denoise_mask=None,
+                       latent_image=torch.zeros(1, 4, 8, 8), model={"config": "SD15"}, output=output,
+                       prompt_id="prompt-4", node_id="3")
+    bridge.context = ("prompt-4", "9")
+    nodes.RaiiafSave().save(torch.rand(1, 64, 64, 3), "small", latent={"samples": output}, noise_storage="recipe",
+                            prompt=graph, unique_id="9")
+    art = rc.open(bridge.root / "output" / "small_00002_.raiiaf")
+    assert art.tensor_stored_as("run0.noise") == "tensor_recipe" and art.metadata["noise"]["source"] == "captured"
+    outs = dict(zip(nodes.RaiiafLoad.RETURN_NAMES, nodes.RaiiafLoad().load("small_00002_.raiiaf [output]", 0)["result"],
+                    strict=True))
+    assert torch.equal(outs["noise"].generate_noise(outs["latent_in"]), noise)
