@@ -11,7 +11,7 @@ import io
 import os
 import stat
 import threading
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from . import chunks, images, layout
 from .errors import CorruptFileError, LimitExceededError, RaiiafError, ReadError
@@ -60,9 +60,11 @@ class _FileSource(_Source):
     __slots__ = ("_path", "_identity")
 
     def __init__(self, path, head_length: int):
-        self._path, self.name = path, str(path)
+        # fspath once: a Path would otherwise be turned into its string by os.open and again for the name.
+        self._path = fspath = os.fspath(path)
+        self.name = fspath if type(fspath) is str else str(path)
         try:
-            fd = os.open(path, _OPEN_FLAGS)
+            fd = os.open(fspath, _OPEN_FLAGS)
             try:
                 st = os.fstat(fd)
                 # Devices and folders have no meaningful size (and a FIFO would have blocked a plain open).
@@ -70,7 +72,10 @@ class _FileSource(_Source):
                     raise ReadError(f"{self.name}: not a regular file")
                 self.size = size = st.st_size
                 self._identity = (st.st_dev, st.st_ino, size, st.st_mtime_ns)
-                head = _pread(fd, head_length if size > head_length else size, 0)
+                length = head_length if size > head_length else size
+                head = _PREAD(fd, length, 0) if _PREAD is not None else b""
+                if len(head) != length:  # a short read (a signal, a network filesystem), or Windows
+                    head = _pread(fd, length, 0)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -176,10 +181,11 @@ class Artifact:
 
     def __init__(self, source, limits: layout.Limits = layout.DEFAULT_LIMITS):
         self.limits = limits
-        if isinstance(source, _Source):
-            src = source
-        elif isinstance(source, (str, os.PathLike)):
+        # A str or Path is settled before asking os.PathLike, an ABC (slower to ask than opening costs to read).
+        if type(source) is str or isinstance(source, (PurePath, os.PathLike)):
             src = _FileSource(source, layout.FIRST_READ)
+        elif isinstance(source, _Source):
+            src = source
         else:
             src = _StreamSource(source, layout.FIRST_READ)
         self._origin, self.name, self.size = src, src.name, src.size
