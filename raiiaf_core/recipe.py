@@ -35,6 +35,9 @@ MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's range (ComfyUI seeds go to
 MAX_BATCH_INDEX = 1 << 16  # each index below the largest costs one draw; bounds the time a file can ask for
 
 
+_FIELDS = {"generators", "sha256", "torch", "batch_index"}
+
+
 class NoiseRecipe(NamedTuple):
     """How a tensor was drawn (see the module's docstring) and the tensor_sha256 of what it drew."""
 
@@ -63,8 +66,9 @@ def from_json(value, shape: tuple, dtype: str, where: str) -> NoiseRecipe:
     def fail(field: str, why: str):
         raise CorruptFileError(f"{where}: recipe field '{field}' {why}")
 
-    if set(value) - {"generators", "sha256", "torch", "batch_index"}:
-        fail(sorted(set(value) - {"generators", "sha256", "torch", "batch_index"})[0][:40], "is unknown here")
+    unknown = set(value) - _FIELDS
+    if unknown:  # a field from a newer writer may change how to draw: not drawn rather than drawn wrong
+        fail(min(unknown)[:40], "is unknown to this reader")
     if dtype not in DTYPES:
         raise CorruptFileError(f"{where}: a recipe draws {', '.join(DTYPES)}, not {dtype[:40]!r}")
     if not shape:
@@ -108,16 +112,6 @@ def _torch(where: str):
     return torch
 
 
-def torch_version() -> str | None:
-    """The installed torch's version, or None; read from the package metadata, so torch is not imported."""
-    from importlib import metadata
-
-    try:
-        return metadata.version("torch")
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def draw(recipe: NoiseRecipe, states: dict, where: str):
     """The tensor the recipe describes, drawn with private generators (the global RNG is left alone).
     `states`: the uint8 state tensors the recipe names, by name."""
@@ -127,7 +121,10 @@ def draw(recipe: NoiseRecipe, states: dict, where: str):
     for kind, value in recipe.generators:
         generator = torch.Generator(device="cpu")
         try:
-            generator.manual_seed(value) if kind == "seed" else generator.set_state(states[value])
+            if kind == "seed":
+                generator.manual_seed(value)
+            else:
+                generator.set_state(states[value])
         except (RuntimeError, TypeError, ValueError) as exc:
             raise CorruptFileError(f"{where}: generator state '{value}' is not a CPU generator's state ({exc})") \
                 from None
@@ -150,14 +147,13 @@ def checked_draw(recipe: NoiseRecipe, states: dict, where: str):
     """draw(), then its sha256 against the recipe's: the same bits, or RecipeMismatchError."""
     tensor = draw(recipe, states, where)
     if tensor_sha256(tensor) != recipe.sha256:
-        running = _torch(where).__version__
-        same = "the same torch" if running == recipe.torch_version else "this torch draws differently"
-        raise RecipeMismatchError(
-            f"{where}: drawing the noise from its recipe did not give the stored noise (sha256 differs); the recipe "
-            f"was made with torch {recipe.torch_version}, this is torch {running} ({same}: "
-            + ("the recipe or its generator state was altered)" if running == recipe.torch_version else
-               "load it with that version, or keep raw noise: `raiiaf convert --noise raw` there)")
-            + "; everything else in the file reads as usual")
+        recorded, running = recipe.torch_version, str(_torch(where).__version__)
+        why = ("the same torch: the recipe or its generator state was altered" if running == recorded else
+               "this torch draws differently: load it with that version, or convert the file to raw noise there "
+               "(`raiiaf convert --noise raw`)")
+        raise RecipeMismatchError(f"{where}: drawing the noise from its recipe did not give the stored noise (sha256 "
+                                  f"differs); the recipe was made with torch {recorded}, this is torch {running} "
+                                  f"({why}); everything else in the file reads as usual")
     return tensor
 
 
@@ -166,7 +162,7 @@ def make(noise, generators, batch_index=None, states=None, where: str = "noise")
     {"state": name}; `states` maps each name to its uint8 state tensor), checked by drawing it: raises
     RecipeMismatchError when the draw is not `noise` bit for bit, TensorError when no recipe can hold it."""
     dtype = str(noise.dtype).removeprefix("torch.")  # torch's and numpy's names agree
-    spec = {"generators": list(generators), "sha256": tensor_sha256(noise), "torch": torch_version() or "",
+    spec = {"generators": list(generators), "sha256": tensor_sha256(noise), "torch": str(_torch(where).__version__),
             "batch_index": None if batch_index is None else [int(i) for i in batch_index]}
     try:
         recipe = from_json(spec, tuple(int(d) for d in noise.shape), dtype, where)

@@ -22,19 +22,23 @@ def _run(pipe, capture, generator, batch=1):
         pipe("a cat", **args)
 
 
-@pytest.mark.parametrize("how", ["seeded", "used_before", "one_per_image"])
+@pytest.mark.parametrize("how", ["seeded", "used_before", "one_per_image", "global_rng"])
 def test_cpu_generator_noise_is_stored_as_a_recipe_and_replays_bit_exact(sd, tmp_path, how):
     if how == "one_per_image":
         generator = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    elif how == "global_rng":  # no generator: drawn from the CPU's global RNG, whose state the file records
+        generator = None
     else:
         generator = torch.Generator().manual_seed(3)
         if how == "used_before":  # the seed alone no longer gives the noise: the recorded state does
             torch.randn(7, generator=generator)
     batch = 2 if how == "one_per_image" else 1
     raw = RaiiafCapture(tmp_path / "raw.raiiaf")
+    torch.manual_seed(3)  # the global RNG, for "global_rng": both calls start from the same state
     _run(sd, raw, [torch.Generator().manual_seed(s) for s in (3, 4)] if batch == 2 else
          _same_generator(generator, how), batch)
     small = RaiiafCapture(tmp_path / "small.raiiaf", noise_storage="recipe")
+    torch.manual_seed(3)
     _run(sd, small, generator, batch)
     for raw_path, small_path in zip(raw.paths, small.paths):
         art, base = rc.open(small_path), rc.open(raw_path)
@@ -52,6 +56,8 @@ def test_cpu_generator_noise_is_stored_as_a_recipe_and_replays_bit_exact(sd, tmp
 
 
 def _same_generator(generator, how):
+    if how == "global_rng":
+        return None
     again = torch.Generator().manual_seed(3)
     if how == "used_before":
         torch.randn(7, generator=again)
