@@ -1,7 +1,7 @@
 """`python -m bench`: how raiiaf compares with what users would pick instead, in one run on one machine.
 
-Sections: machine, size, compact noise against SaveImage (bench/bench_recipe.py), save time, metadata scan, latent load, archive index (bench/bench_index.py), the
-shareable PNG (bench/bench_share.py), capture
+Sections: machine, size, compact noise against SaveImage (bench/bench_recipe.py), save time, metadata scan,
+latent load, archive index (bench/bench_index.py), the shareable PNG (bench/bench_share.py), capture
 overhead (bench/bench_capture.py), capture overhead in a real ComfyUI (bench/bench_comfyui.py; opt-in: runs
 only when RAIIAF_COMFYUI_PATH is set).
 `--tiny` (alias `--quick`) runs everything on tiny inputs in seconds, for the smoke test.

@@ -88,9 +88,9 @@ def from_json(value, shape: tuple, dtype: str, where: str) -> NoiseRecipe:
             fail(f"generators.{i}", "is not {'seed': 0..2**64-1} or {'state': a tensor name}")
     batch_index = value.get("batch_index")
     if batch_index is not None:
-        if type(batch_index) is not list or len(batch_index) != shape[0] or not all(
+        if type(batch_index) is not list or not batch_index or len(batch_index) != shape[0] or not all(
                 type(i) is int and 0 <= i < MAX_BATCH_INDEX for i in batch_index):
-            fail("batch_index", f"is not a list of {shape[0]} indexes below {MAX_BATCH_INDEX}")
+            fail("batch_index", f"is not a list of {shape[0]} indexes below {MAX_BATCH_INDEX} (one per batch element)")
         batch_index = tuple(batch_index)
     if len(generators) > 1 and (batch_index is not None or len(generators) != shape[0]):
         fail("generators", f"has {len(generators)} generators: several need one per batch element ({shape[0]}) "

@@ -108,7 +108,8 @@ def test_an_altered_recipe_or_a_torch_drawing_differently_raises_and_the_rest_st
         value["generators"] = [{"seed": 6}]
 
     forged = rc.open(_rewritten(path, tmp_path / "b.raiiaf", reseed))
-    with pytest.raises(rc.RecipeMismatchError, match=re.escape(f"made with torch {torch.__version__}, this is torch {torch.__version__} (the same torch")):
+    same = f"made with torch {torch.__version__}, this is torch {torch.__version__} (the same torch"
+    with pytest.raises(rc.RecipeMismatchError, match=re.escape(same)):
         forged.load_tensor("run0.noise")
     with pytest.raises(rc.RecipeMismatchError):
         forged.verify()
@@ -119,7 +120,8 @@ def test_an_altered_recipe_or_a_torch_drawing_differently_raises_and_the_rest_st
         value["generators"] = [{"seed": 6}]
 
     other = rc.open(_rewritten(path, tmp_path / "c.raiiaf", other_torch))
-    with pytest.raises(rc.RecipeMismatchError, match=re.escape(f"made with torch 1.99.0, this is torch {torch.__version__}")):
+    other_message = f"made with torch 1.99.0, this is torch {torch.__version__}"
+    with pytest.raises(rc.RecipeMismatchError, match=re.escape(other_message)):
         other.load_tensor("run0.noise", "torch")
 
     def huge(value):
@@ -214,3 +216,47 @@ def test_without_torch_the_file_opens_inspects_and_verifies_saying_the_recipe_is
     assert "MISSING" in done.stdout and "needs torch installed" in done.stdout
     assert f"OK    {path}\n      unchecked:" in done.stdout
     assert "(a recipe: drawn when loaded)" in done.stdout
+
+
+HOSTILE = [
+    ({"generators": []}, {}),
+    ({"generators": [{"seed": 1, "state": "s"}]}, {}),
+    ({"generators": [{"seed": True}]}, {}),
+    ({"generators": [{"seed": 2**64}]}, {}),
+    ({"generators": [{"state": "rng"}]}, {}),  # a state that is no CPU generator's (16 bytes)
+    ({"generators": [{"state": "latent"}]}, {}),  # a float tensor
+    ({"generators": [{"state": "missing"}]}, {}),
+    ({"generators": [{"state": "run0.noise"}]}, {}),  # itself
+    ({"batch_index": []}, {"shape": [0, 4, 8, 8]}),
+    ({"batch_index": [0, 1]}, {}),
+    ({"batch_index": [-1]}, {}),
+    ({"generators": [{"seed": 1}, {"seed": 2}]}, {}),
+    ({"sha256": "0" * 63}, {}),
+    ({"torch": 2}, {}),
+    ({"how": "other"}, {}),
+    ({}, {"dtype": "int64"}),
+    ({}, {"shape": []}),
+    ({}, {"shape": [1, 4, 2**40, 2**40]}),
+]
+
+
+@pytest.mark.parametrize("change, index", HOSTILE)
+def test_a_hostile_recipe_is_refused_with_the_projects_error(tmp_path, change, index):
+    noise = comfy_noise([1, 4, 8, 8], 5)
+    made = rc.noise_recipe(noise, [{"seed": 5}])
+    path = rc.write(tmp_path / "a.raiiaf", tensors={"run0.noise": made, "rng": torch.zeros(16, dtype=torch.uint8),
+                                                    "latent": torch.zeros(1, 4, 8, 8)}, environment=ENV)
+    art = rc.open(path)
+    pending = []
+    for entry in art.chunks:
+        payload, info = art.chunk_bytes(entry), entry.info
+        if entry.type == "tensor_recipe":
+            payload = rc.layout.canonical_json({**json.loads(payload), **change})
+            info = {**info, **index}
+        pending.append(chunks.Built(entry.type, entry.name, payload, entry.codec, len(payload), info))
+    (tmp_path / "b.raiiaf").write_bytes(b"".join(assemble(pending)))
+    forged = rc.open(tmp_path / "b.raiiaf")  # opens: only reading the recipe finds it wrong
+    for attempt in (lambda: forged.load_tensor("run0.noise"), forged.verify):
+        with pytest.raises(rc.RaiiafError):
+            attempt()
+    assert forged.load_tensor("latent").shape == (1, 4, 8, 8)  # the rest of the file reads
