@@ -1,7 +1,7 @@
 """`python -m bench`: how raiiaf compares with what users would pick instead, in one run on one machine.
 
-Sections: machine, size, save time, metadata scan, latent load, archive index (bench/bench_index.py), the
-shareable PNG (bench/bench_share.py), capture
+Sections: machine, size, compact noise against SaveImage (bench/bench_recipe.py), save time, metadata scan,
+latent load, archive index (bench/bench_index.py), the shareable PNG (bench/bench_share.py), capture
 overhead (bench/bench_capture.py), capture overhead in a real ComfyUI (bench/bench_comfyui.py; opt-in: runs
 only when RAIIAF_COMFYUI_PATH is set).
 `--tiny` (alias `--quick`) runs everything on tiny inputs in seconds, for the smoke test.
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import bench_format, bench_index, bench_share
+from . import bench_format, bench_index, bench_recipe, bench_share
 from .common import load_average, machine_description
 
 
@@ -49,6 +49,7 @@ def main(argv=None) -> int:
                 print(f"raiiaf 1.1.0 unavailable: {v1_note}")
 
         bench_format.run_size(config, work, v1, v1_note)
+        bench_recipe.run(args.tiny, work)
         files = bench_format.run_save(config, work)
         bench_format.run_scan(config, work, v1, v1_note)
         bench_format.run_latent_load(config, files)

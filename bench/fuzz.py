@@ -331,7 +331,8 @@ def m_index_fields(rng, seeds, v2, v1):
         elif key == "dtype":
             entry[key] = rng.choice(DTYPE_NAMES)
         elif key == "type":
-            entry[key] = rng.choice(["metadata", "environment", "image", "tensor", "thumbnail", "", 1])
+            entry[key] = rng.choice(["metadata", "environment", "image", "tensor", "tensor_recipe", "thumbnail", "",
+                                     1])
         elif key == "codec":
             entry[key] = rng.choice(["none", "zstd", "gzip", "", None])
         else:

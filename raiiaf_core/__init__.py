@@ -16,6 +16,7 @@ from .errors import (
     NoArtifactError,
     RaiiafError,
     ReadError,
+    RecipeMismatchError,
     TargetExistsError,
     TensorError,
     UnsupportedVersionError,
@@ -27,6 +28,8 @@ from .naming import EXTENSION, resolve_prefix
 from .png_import import import_png, import_pngs
 from .png_share import export_png
 from .reader import Artifact, verify
+from .recipe import NoiseRecipe
+from .recipe import make as noise_recipe
 from .reader import open_artifact as open  # noqa: A001 - the library's entry point, like PIL.Image.open
 from .tensors import TensorInfo, tensor_sha256
 from .writer import write, write_numbered
@@ -35,8 +38,8 @@ __version__ = "2.0.0"
 FORMAT_VERSION = (MAJOR, MINOR)
 
 __all__ = [
-    "Artifact", "CorruptFileError", "Difference", "DriftReport", "LimitExceededError", "Limits", "MetadataError",
-    "MissingDependencyError", "NoArtifactError", "RaiiafError", "ReadError", "TargetExistsError", "TensorError", "TensorInfo",
+    "Artifact", "NoiseRecipe", "noise_recipe", "CorruptFileError", "Difference", "DriftReport", "LimitExceededError", "Limits", "MetadataError",
+    "MissingDependencyError", "NoArtifactError", "RaiiafError", "ReadError", "RecipeMismatchError", "TargetExistsError", "TensorError", "TensorInfo",
     "UnsupportedVersionError", "WriteError", "capture_environment", "drift", "open", "tensor_sha256", "verify",
     "write", "write_numbered", "export_png", "import_png", "import_pngs", "resolve_prefix", "FORMAT_VERSION", "EXTENSION", "MAGIC", "PNG_COMPRESS_LEVEL",
 ]

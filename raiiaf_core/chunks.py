@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from . import images, layout, tensors
-from .errors import CorruptFileError, LimitExceededError
+from . import images, layout, recipe, tensors
+from .errors import CorruptFileError, LimitExceededError, MissingDependencyError
 
 # JSON chunks above this size are zstd-compressed (ComfyUI workflows run to hundreds of KiB). Below it, JSON is
 # stored as is: it still fits the reader's first read with the header and index, and hashing the extra bytes
@@ -50,7 +50,8 @@ class ChunkType:
         reads need (the spec)."""
         return None
 
-    def verify(self, art, entry: layout.ChunkEntry, spec) -> None:
+    def verify(self, art, entry: layout.ChunkEntry, spec) -> str | None:
+        """Check the chunk as far as this reader can; returns what it could not check, or None."""
         art.check_hash(entry)
 
 
@@ -176,13 +177,71 @@ class TensorChunk(ChunkType):
         tensors.check_loadable(self.payload(art, entry, spec), art.describe(entry))
 
 
+class RecipeChunk(TensorChunk):
+    """A tensor stored as the recipe a torch CPU generator draws it from (recipe.py): canonical JSON, dtype and
+    shape in the index as for a tensor chunk. Served like a stored tensor: drawn on load, checked against the
+    recipe's sha256; generator states it names are raw tensor chunks of the same file."""
+
+    type = "tensor_recipe"
+
+    def build(self, name: str, value: recipe.NoiseRecipe) -> Built:
+        raw = layout.canonical_json(value.to_json())
+        return Built(self.type, name, raw, "none", len(raw), {"dtype": value.dtype, "shape": list(value.shape)})
+
+    def read_recipe(self, art, entry, spec: tensors.TensorInfo) -> tuple[recipe.NoiseRecipe, str]:
+        """The chunk's checked recipe, and the chunk's description for messages."""
+        where = art.describe(entry)
+        if entry.size > art.limits.max_json_bytes:
+            raise LimitExceededError(f"{where} is {entry.size:,} bytes of JSON, over "
+                                     f"Limits.max_json_bytes={art.limits.max_json_bytes:,}")
+        value = layout.decode_json(art.decoded(entry), "recipe", where, art.limits)
+        if type(value) is not dict:
+            raise CorruptFileError(f"{where} is not a JSON object")
+        made = recipe.from_json(value, spec.shape, spec.dtype, where)
+        # A recipe a few bytes long may describe any shape: what it may make the reader allocate is bounded.
+        if spec.nbytes > art.limits.max_recipe_bytes:
+            raise LimitExceededError(f"{where} draws {spec.nbytes:,} bytes, over "
+                                     f"Limits.max_recipe_bytes={art.limits.max_recipe_bytes:,}")
+        return made, where
+
+    def _states(self, art, made: recipe.NoiseRecipe, where: str) -> dict:
+        states = {}
+        for name in made.states:
+            part = art._part("tensor", name)
+            if part is None or part[0] is not TENSOR or part[2].dtype != "uint8" or len(part[2].shape) != 1:
+                raise CorruptFileError(f"{where}: generator state '{name[:80]}' is not a uint8 vector stored in "
+                                       "the file")
+            states[name] = TENSOR.load(art, part[1], part[2], "torch")
+        return states
+
+    def payload(self, art, entry, spec) -> bytes:
+        """The safetensors blob of the drawn tensor: what a tensor chunk of it holds (sha256 checked first)."""
+        made, where = self.read_recipe(art, entry, spec)
+        drawn = recipe.checked_draw(made, self._states(art, made, where), where)
+        return tensors.encode(spec.name, drawn)[0]
+
+    def verify(self, art, entry, spec) -> str | None:
+        made, where = self.read_recipe(art, entry, spec)
+        try:
+            recipe.checked_draw(made, self._states(art, made, where), where)
+        except MissingDependencyError:
+            return f"{where}: recipe not drawn, torch is not installed: its sha256 is checked only with torch"
+        return None
+
+
 UNKNOWN = ChunkType()
 METADATA = JsonChunk("metadata", required=True)
 ENVIRONMENT = JsonChunk("environment")
 IMAGE = ImageChunk()
 TENSOR = TensorChunk()
-TYPES = {handler.type: handler for handler in (METADATA, ENVIRONMENT, IMAGE, TENSOR)}
+TENSOR_RECIPE = RecipeChunk()
+TYPES = {handler.type: handler for handler in (METADATA, ENVIRONMENT, IMAGE, TENSOR, TENSOR_RECIPE)}
 REQUIRED = tuple(handler for handler in TYPES.values() if handler.required)
+
+
+def tensor_built(name: str, value) -> Built:
+    """The chunk of one tensor given to the writer: a NoiseRecipe as its recipe, anything else stored."""
+    return (TENSOR_RECIPE if isinstance(value, recipe.NoiseRecipe) else TENSOR).build(name, value)
 
 
 def handler_for(kind: str, name: str) -> ChunkType:

@@ -1,4 +1,4 @@
-"""The `raiiaf` command: inspect, verify, extract, pack, diff, view, index, export, import and env.
+"""The `raiiaf` command: inspect, verify, extract, pack, convert, diff, view, index, export, import and env.
 
 Exit codes: 0 success; 1 a file failed verification, differs (diff) or could not be read; 2 bad usage.
 """
@@ -16,6 +16,7 @@ from .errors import RaiiafError
 from .layout import canonical_json
 from .naming import EXTENSION
 from .reader import open_artifact
+from .recipe import STORAGE
 from .report import compare, environment_headline, escape, flatten, format_summary, framework_for, summary, to_json
 
 # Every line printed here that holds text from a file (names, values, error messages, which quote both) goes
@@ -65,6 +66,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--environment", type=Path, help="JSON environment to store instead of capturing this one")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(run=cmd_pack)
+
+    p = sub.add_parser("convert", help="rewrite a file with its noise stored raw or as a recipe (a seed or "
+                       "generator state and the sha256 of the noise, drawn again when loaded; needs torch)")
+    p.add_argument("file", type=Path)
+    p.add_argument("--noise", choices=STORAGE, required=True,
+                   help="recipe: each noise tensor a CPU generator drew, as its checked recipe; raw: every recipe "
+                   "drawn and stored as the tensor")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the file to write (may be FILE itself)")
+    p.set_defaults(run=cmd_convert)
 
     p = sub.add_parser("diff", help="settings, environment and tensor differences; exit 1 if they differ")
     p.add_argument("a", type=Path)
@@ -132,15 +142,17 @@ def cmd_verify(args) -> int:
     results = []
     for path in args.files:
         try:
-            open_artifact(path).verify()
-            results.append({"path": str(path), "ok": True, "error": None})
+            unchecked = open_artifact(path).verify()
+            results.append({"path": str(path), "ok": True, "error": None, "unchecked": unchecked})
         except RaiiafError as exc:
-            results.append({"path": str(path), "ok": False, "error": str(exc)})
+            results.append({"path": str(path), "ok": False, "error": str(exc), "unchecked": []})
     if args.json:
         print(to_json(results))
     else:
         for r in results:
             print(f"OK    {escape(r['path'])}" if r["ok"] else f"FAIL  {escape(r['path'])}: {escape(r['error'])}")
+            for line in r["unchecked"]:
+                print(f"      unchecked: {escape(line)}")
     return 0 if all(r["ok"] for r in results) else 1
 
 
@@ -243,6 +255,20 @@ def _load_safetensors_file(path: Path) -> dict:
             return safetensors.torch.load_file(str(path))
         except Exception:
             raise RaiiafError(f"{path}: not a readable .safetensors file ({numpy_exc})") from None
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert
+
+    done = convert(args.file, args.output, args.noise)
+    for line in done.unchecked:
+        print(f"raiiaf: unchecked: {escape(line)}", file=sys.stderr)
+    for name, why in sorted(done.kept.items()):
+        print(f"raiiaf: tensor '{escape(name)}' kept raw: {escape(why)}", file=sys.stderr)
+    stored = "as recipes" if args.noise == "recipe" else "raw"
+    changed = ", ".join(map(escape, done.changed)) or "none"
+    print(f"{escape(done.path)}  (tensors now stored {stored}: {changed})")
+    return 0
 
 
 # -- diff / env ---------------------------------------------------------------------------------------

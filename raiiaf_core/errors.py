@@ -25,6 +25,11 @@ class TensorError(RaiiafError):
     """A tensor cannot be stored or returned as asked (dtype, rank, framework)."""
 
 
+class RecipeMismatchError(RaiiafError):
+    """Noise stored as a recipe did not draw to its sha256: a torch that draws differently (the message names
+    the recorded and the running version), or an altered recipe. The rest of the file stays readable."""
+
+
 class LimitExceededError(CorruptFileError):
     """A file asks for more than a configured limit allows (the message names the limit)."""
 

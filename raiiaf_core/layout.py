@@ -41,6 +41,7 @@ class Limits:
     max_json_bytes: int = 16 << 20
     max_json_depth: int = 200
     max_chunks: int = 100_000
+    max_recipe_bytes: int = 1 << 30  # bytes a noise recipe (a few bytes of JSON) may draw
     max_v1_output: int = 1 << 30  # bytes a v1 file may decompress to, all chunks together
     # Decoded pixels Artifact.image() accepts: 8192x8192 (as RGB, 192 MiB; as a float32 tensor, 768 MiB).
     max_image_pixels: int = 8192 * 8192

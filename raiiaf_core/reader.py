@@ -11,7 +11,7 @@ import io
 import os
 import stat
 import threading
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from . import chunks, images, layout
 from .errors import CorruptFileError, LimitExceededError, RaiiafError, ReadError
@@ -60,9 +60,11 @@ class _FileSource(_Source):
     __slots__ = ("_path", "_identity")
 
     def __init__(self, path, head_length: int):
-        self._path, self.name = path, str(path)
+        # fspath once: a Path would otherwise be turned into its string by os.open and again for the name.
+        self._path = fspath = os.fspath(path)
+        self.name = fspath if type(fspath) is str else str(path)
         try:
-            fd = os.open(path, _OPEN_FLAGS)
+            fd = os.open(fspath, _OPEN_FLAGS)
             try:
                 st = os.fstat(fd)
                 # Devices and folders have no meaningful size (and a FIFO would have blocked a plain open).
@@ -70,7 +72,10 @@ class _FileSource(_Source):
                     raise ReadError(f"{self.name}: not a regular file")
                 self.size = size = st.st_size
                 self._identity = (st.st_dev, st.st_ino, size, st.st_mtime_ns)
-                head = _pread(fd, head_length if size > head_length else size, 0)
+                length = head_length if size > head_length else size
+                head = _PREAD(fd, length, 0) if _PREAD is not None else b""
+                if len(head) != length:  # a short read (a signal, a network filesystem), or Windows
+                    head = _pread(fd, length, 0)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -176,10 +181,11 @@ class Artifact:
 
     def __init__(self, source, limits: layout.Limits = layout.DEFAULT_LIMITS):
         self.limits = limits
-        if isinstance(source, _Source):
-            src = source
-        elif isinstance(source, (str, os.PathLike)):
+        # A str or Path is settled before asking os.PathLike, an ABC (slower to ask than opening costs to read).
+        if type(source) is str or isinstance(source, (PurePath, os.PathLike)):
             src = _FileSource(source, layout.FIRST_READ)
+        elif isinstance(source, _Source):
+            src = source
         else:
             src = _StreamSource(source, layout.FIRST_READ)
         self._origin, self.name, self.size = src, src.name, src.size
@@ -262,7 +268,7 @@ class Artifact:
         kind, name = (entry["type"], entry["name"]) if type(entry) is dict else (entry.type, entry.name)
         return f"{self.name}: {kind} chunk" + (f" '{name}'" if name else "")
 
-    def _raw(self, entry) -> bytes:
+    def chunk_bytes(self, entry) -> bytes:
         """The chunk's stored bytes, checked against the index's sha256."""
         end = entry.offset + entry.length
         head = self._source.head
@@ -273,13 +279,13 @@ class Artifact:
 
     def check_hash(self, entry) -> None:
         if entry.length <= _HASH_BLOCK:
-            self._raw(entry)
+            self.chunk_bytes(entry)
         elif self._source.hash(entry.offset, entry.length) != entry.sha256:  # in blocks: never all in memory
             raise CorruptFileError(f"{self.describe(entry)} is damaged (sha256 mismatch)")
 
     def decoded(self, entry) -> bytes:
         """The chunk's payload as stored before encoding: hash-checked, then decompressed within the limits."""
-        data = self._raw(entry)
+        data = self.chunk_bytes(entry)
         if entry.codec == "none":
             return data
         if entry.codec != "zstd":
@@ -402,13 +408,23 @@ class Artifact:
         handler, entry, spec = self._tensor(name)
         return handler.payload(self, entry, spec)
 
-    def verify(self) -> None:
-        """Read every chunk and check it; raises CorruptFileError naming the first damaged part."""
+    def verify(self) -> list:
+        """Read every chunk and check it; raises CorruptFileError naming the first damaged part (a noise recipe
+        that draws differently: RecipeMismatchError). Returns what could not be checked here, one line each: a
+        noise recipe, when torch is not installed."""
         self._source.verify()
+        unchecked = []
         for entry in self.chunks:
             handler = chunks.handler_for(entry.type, entry.name)
             part = self._parts.get((handler.role, entry.name)) if handler.role is not None else None
-            handler.verify(self, entry, part[2] if part else None)
+            note = handler.verify(self, entry, part[2] if part else None)
+            if note is not None:
+                unchecked.append(note)
+        return unchecked
+
+    def tensor_stored_as(self, name: str) -> str:
+        """How the file holds a tensor: "tensor" (its bytes) or "tensor_recipe" (drawn again when loaded)."""
+        return self._tensor(name)[0].type
 
     def view(self):
         """One picture of the file as a PIL image: the image, noise, latents, sigma schedule, caption (view.py)."""

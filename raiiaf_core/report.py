@@ -150,7 +150,7 @@ def summary(art) -> dict:
         "format_version": f"{art.version[0]}.{art.version[1]}",
         "size": art.size,
         "image": image,
-        "tensors": [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape)}
+        "tensors": [{"name": i.name, "dtype": i.dtype, "shape": list(i.shape), "stored": art.tensor_stored_as(i.name)}
                     for i in map(art.tensor_info, art.tensor_names)],
         "metadata": art.metadata,
         "environment": art.environment,
@@ -166,7 +166,8 @@ def format_summary(info: dict) -> str:
                  f"{image['bytes']:,} bytes" if image else "  image:       none")
     for i, t in enumerate(info["tensors"]):
         label = "tensors:" if i == 0 else ""
-        lines.append(f"  {label:<12} {escape(t['name'])}  {escape(t['dtype'])} {tuple(t['shape'])}")
+        recipe = "  (a recipe: drawn when loaded)" if t.get("stored") == "tensor_recipe" else ""
+        lines.append(f"  {label:<12} {escape(t['name'])}  {escape(t['dtype'])} {tuple(t['shape'])}{recipe}")
     model = _object(meta.get("model"))
     model_name = model.get("name") or model.get("id") or model.get("path")
     for label, value in (("model", model_name), ("prompt", meta.get("prompt")),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
-from . import chunks, images, layout, naming, schema
+from . import chunks, images, layout, naming, recipe, schema
 from .atomic import write_atomic, write_new
 from .environment import capture_environment
-from .errors import RaiiafError, WriteError
+from .errors import RaiiafError, TensorError, WriteError
 
 
 def write(path, *, image=None, tensors=None, metadata=None, environment=None, exclusive: bool = False,
@@ -58,12 +58,23 @@ def build(image_bytes, tensor_map, metadata: dict, environment: dict) -> list:
     """The file as a list of byte strings (header, index, payloads), ready to be written in order.
 
     Chunk order: metadata first, so that a reader's first read holds it with the header and index, then the
-    environment, the tensors in the order given, the image.
+    environment, the tensors in the order given, the image. A tensor given as a NoiseRecipe is stored as its
+    recipe; the generator states it names must be tensors of the same file, stored as they are.
     """
+    for name, value in tensor_map.items():
+        for state in getattr(value, "states", ()) if isinstance(value, recipe.NoiseRecipe) else ():
+            if state not in tensor_map or isinstance(tensor_map[state], recipe.NoiseRecipe):
+                raise TensorError(f"tensor '{name}': its recipe draws from the generator state '{state}', which "
+                                  "is not a stored tensor of this file")
     pending = [chunks.METADATA.build(metadata), chunks.ENVIRONMENT.build(environment)]
-    pending += [chunks.TENSOR.build(name, value) for name, value in tensor_map.items()]
+    pending += [chunks.tensor_built(name, value) for name, value in tensor_map.items()]
     if image_bytes is not None:
         pending.append(chunks.IMAGE.build(image_bytes))
+    return assemble(pending)
+
+
+def assemble(pending: list) -> list:
+    """Header, index and payloads of a file holding the chunks.Built `pending`, in that order."""
     # Hashed once, outside the loop below: hashing the image is the costliest step of building a file.
     digests = [hashlib.sha256(built.payload).hexdigest() for built in pending]
     # Offsets depend on the index length and the index holds the offsets: iterate to the fixed point

@@ -27,6 +27,7 @@ import torch
 from diffusers.callbacks import PipelineCallback
 
 import raiiaf_core as rc
+from raiiaf_core.recipe import STORAGE as NOISE_STORAGE
 
 from . import _hooks, _intercept
 from ._recorder import CallRecorder
@@ -53,6 +54,10 @@ class RaiiafCapture(PipelineCallback):
         output: ``"raiiaf"`` writes the ``.raiiaf`` files; ``"png"`` their shareable PNGs instead (the path
             with the suffix ``.png``: the image with A1111 parameters and the whole file inside, which
             ``replay`` and ``raiiaf_core.open`` read like the ``.raiiaf``); ``"both"`` writes both.
+        noise_storage: ``"raw"`` stores the initial noise itself; ``"recipe"`` stores noise drawn by CPU
+            generators as its recipe (the recorded seed or generator state, shape, dtype and the noise's
+            sha256; raiiaf_core/recipe.py) when drawing it again gives it back bit for bit, else raw. Loading
+            it draws it again and checks the sha256.
 
     A file that cannot be written never costs the caller the images: the error is logged and kept in
     ``capture.errors``, and ``capture.last`` still holds the call.
@@ -71,11 +76,16 @@ class RaiiafCapture(PipelineCallback):
         notes: str | None = None,
         extra: dict | None = None,
         output: str = "raiiaf",
+        noise_storage: str = "raw",
     ):
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUTS))}, not {output!r}")
+        if noise_storage not in NOISE_STORAGE:
+            raise ValueError(f"noise_storage must be one of {', '.join(map(repr, NOISE_STORAGE))}, not "
+                             f"{noise_storage!r}")
         self.output = output
+        self.noise_storage = noise_storage
         if step_latents_every is not None and (not isinstance(step_latents_every, int) or step_latents_every < 1):
             raise ValueError("step_latents_every must be a positive integer or None")
         self.path = None if path is None else os.fspath(path)
@@ -155,7 +165,8 @@ class RaiiafCapture(PipelineCallback):
 
     def _write(self, captured: CapturedCall, number: int) -> None:
         try:
-            paths = captured.write(self.path, call=number, exclusive=self.exclusive, output=self.output)
+            paths = captured.write(self.path, call=number, exclusive=self.exclusive, output=self.output,
+                                   noise_storage=self.noise_storage)
         except (rc.RaiiafError, OSError) as exc:
             logger.error("raiiaf_diffusers: could not write the capture to %s: %s (the images are returned; "
                          "capture.last.write(path) can still write it)", self.path, exc)

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 
 import raiiaf_core as rc
+from raiiaf_core.recipe import STORAGE as NOISE_STORAGE
+from raiiaf_core.recipe import compact as compact_noise
 
 from . import _encode, _output, _pipeline
 from .errors import CaptureError
@@ -225,8 +227,8 @@ class CapturedCall:
         md["host"] = {"diffusers": self.record_for(index).to_json()}
         return md
 
-    def tensors_for(self, index: int) -> dict:
-        tensors = dict(self.shared_tensors)
+    def tensors_for(self, index: int, shared: dict | None = None) -> dict:
+        tensors = dict(self.shared_tensors if shared is None else shared)
         if self.outputs is not None:
             tensors["output"] = _output.raw_tensor(self.outputs[index])
         return tensors
@@ -249,11 +251,21 @@ class CapturedCall:
         return out
 
     def write(self, path: str | os.PathLike, *, call: int = 0, exclusive: bool = False,
-              output: str = "raiiaf") -> list[Path]:
+              output: str = "raiiaf", noise_storage: str = "raw") -> list[Path]:
         """Write one file per image (`output` "png": its shareable PNG instead, the path with the suffix .png;
-        "both": the two); returns the paths. Environment is captured once for the batch."""
+        "both": the two); returns the paths. Environment is captured once for the batch. `noise_storage`
+        "recipe": noise drawn by CPU generators is stored as its checked recipe (raiiaf_core/recipe.py) when
+        drawing it from the recorded seeds or generator states gives it back bit for bit; else raw."""
         if output not in OUTPUTS:
             raise CaptureError(f"output must be one of {', '.join(map(repr, OUTPUTS))}, not {output!r}")
+        if noise_storage not in NOISE_STORAGE:
+            raise CaptureError(f"noise_storage must be one of {', '.join(map(repr, NOISE_STORAGE))}, not "
+                               f"{noise_storage!r}")
+        shared = self.shared_tensors
+        if noise_storage == "recipe":
+            shared, kept = compact_noise(shared, self.metadata_for(0))
+            for name, why in kept.items():
+                logger.warning("raiiaf_diffusers: %s stored raw: %s", name, why)
         paths = self.paths_for(path, call)
         if output == "both" and any(p.suffix == ".png" for p in paths):
             raise CaptureError(f"path {os.fspath(path)!r} ends in .png: with output='both' the .raiiaf and its PNG "
@@ -263,7 +275,7 @@ class CapturedCall:
         for i, p in enumerate(paths):
             if p.parent and not p.parent.exists():
                 p.parent.mkdir(parents=True, exist_ok=True)
-            contents = dict(image=_output.png_bytes(self.images[i]), tensors=self.tensors_for(i),
+            contents = dict(image=_output.png_bytes(self.images[i]), tensors=self.tensors_for(i, shared),
                             metadata=self.metadata_for(i), environment=environment, exclusive=exclusive)
             if output != "png":
                 written.append(Path(rc.write(p, **contents)))

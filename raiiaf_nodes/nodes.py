@@ -23,7 +23,7 @@ from .hashing import FileHashCache
 from .noise import StoredNoise
 from .paths import list_raiiaf_files, resolve_annotated
 from .replay import compare_output, drift_report, image_tensor, load_run, rebuilt_sigma_settings, stored_latent
-from .save import PREVIEW_SUBFOLDER, SAVE_AS, SaveContext, save_images
+from .save import NOISE_STORAGE, PREVIEW_SUBFOLDER, SAVE_AS, SaveContext, save_images
 
 CATEGORY = "raiiaf"
 WEB_DIRECTORY = str(Path(__file__).resolve().with_name("web"))  # the frontend extension (upload, report)
@@ -131,12 +131,16 @@ class RaiiafSave:
                 "save_as": (list(SAVE_AS), {"default": SAVE_AS[0], "tooltip": (
                     "What to write per image: the .raiiaf; the PNG (the image with the workflow, A1111 parameters "
                     "and the whole .raiiaf inside: it shows everywhere and Raiiaf Load Replay reads it); or both.")}),
+                "noise_storage": (list(NOISE_STORAGE), {"default": NOISE_STORAGE[0], "tooltip": (
+                    "raw stores the initial noise itself. recipe stores, for noise that KSampler's draw from its "
+                    "seed gives back bit for bit, only that recipe and the noise's sha256 (about 250 KiB less at "
+                    "1024x1024); loading draws it again and checks it. Other noise stays raw.")}),
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"},
         }
 
-    def save(self, images, filename_prefix, latent=None, tags="", notes="", save_as=SAVE_AS[0], prompt=None,
-             extra_pnginfo=None, unique_id=None):
+    def save(self, images, filename_prefix, latent=None, tags="", notes="", save_as=SAVE_AS[0],
+             noise_storage=NOISE_STORAGE[0], prompt=None, extra_pnginfo=None, unique_id=None):
         bridge = _bridge()
         prompt_id, _ = bridge.executing()
         ctx = SaveContext(
@@ -147,7 +151,7 @@ class RaiiafSave:
             hash_cache=_model_hashes(os.path.join(bridge.user_dir(), "raiiaf", "model_sha256.json")),
             hash_progress=bridge.progress(unique_id), make_noise=bridge.prepare_noise, noise_maker=bridge.NOISE_MAKER)
         saved = save_images(images, filename_prefix, ctx, latent=latent, tags=tags, notes=notes, store=STORE,
-                            save_as=save_as)
+                            save_as=save_as, noise_storage=noise_storage)
         previews = [{"filename": s.preview[1], "subfolder": s.preview[0], "type": "temp"} for s in saved if s.preview]
         files = [f"{s.subfolder}/{name}" if s.subfolder else name for s in saved
                  for name in (s.filename, *([s.png.name] if s.png else []))]

@@ -13,26 +13,18 @@ from collections.abc import Sequence
 
 import torch
 
+from raiiaf_core.recipe import NoiseRecipe, draw
+
 from .errors import NoiseShapeError
 
 
 def reconstruct_noise(shape: Sequence[int], seed: int, batch_index: Sequence[int] | None = None,
                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The noise KSampler draws for a latent of `shape` with `seed` (and the latent's `batch_index`, if any)."""
-    generator = torch.Generator(device="cpu")
-    generator.manual_seed(int(seed))
-    shape = [int(s) for s in shape]
-    if batch_index is None:
-        return torch.randn(shape, dtype=dtype, generator=generator, device="cpu")
-    indices = [int(i) for i in batch_index]
-    wanted = set(indices)
-    drawn = {}
-    # Every index below the largest one consumes one draw, whether it is kept or not.
-    for i in range(max(indices) + 1):
-        one = torch.randn([1, *shape[1:]], dtype=dtype, generator=generator, device="cpu")
-        if i in wanted:
-            drawn[i] = one
-    return torch.cat([drawn[i] for i in indices], dim=0)
+    """The noise KSampler draws for a latent of `shape` with `seed` (and the latent's `batch_index`, if any):
+    the draw a noise recipe of a file describes (raiiaf_core/recipe.py holds the one implementation)."""
+    how = NoiseRecipe(tuple(int(s) for s in shape), str(dtype).removeprefix("torch."), (("seed", int(seed)),),
+                      None if batch_index is None else tuple(int(i) for i in batch_index), "", "")
+    return draw(how, {}, "reconstructed noise")
 
 
 class StoredNoise:

@@ -19,6 +19,8 @@ from PIL.PngImagePlugin import PngInfo
 import raiiaf_core as rc
 from raiiaf_core.atomic import write_atomic
 from raiiaf_core.naming import inside
+from raiiaf_core.recipe import STORAGE as NOISE_STORAGE
+from raiiaf_core.recipe import compact as compact_noise
 
 from . import __version__
 from .capture import STORE, CapturedRun, CaptureStore, dtype_name
@@ -142,15 +144,21 @@ def parse_tags(tags: str) -> list[str]:
 
 def save_images(images: torch.Tensor, filename_prefix: str, ctx: SaveContext, *, latent: dict | None = None,
                 tags: str = "", notes: str = "", store: CaptureStore = STORE,
-                environment: dict | None = None, save_as: str = RAIIAF) -> list[SavedFile]:
+                environment: dict | None = None, save_as: str = RAIIAF, noise_storage: str = "raw") -> list[SavedFile]:
     """Write one .raiiaf per image of the IMAGE batch `images` ([B, H, W, C]); returns what was written.
 
     Files are named like SaveImage names PNGs (`sub/name` -> output/sub/name_00001_.raiiaf, counting up); a
     prefix leading outside the output folder is refused (WriteError) before anything is hashed or written.
-    `save_as` (SAVE_AS): the .raiiaf, the shareable PNG instead (name_00001_.png), or both.
+    `save_as` (SAVE_AS): the .raiiaf, the shareable PNG instead (name_00001_.png), or both. `noise_storage`
+    "recipe" stores each run's noise that KSampler's draw from its seed reproduces bit for bit as that recipe
+    (seed, shape, batch_index and the noise's sha256; raiiaf_core/recipe.py) instead of the tensor; other noise
+    stays raw.
     """
     if save_as not in SAVE_AS:
         raise NodeInputError(f"save_as is {str(save_as)[:40]!r}; expected one of {', '.join(SAVE_AS)}")
+    if noise_storage not in NOISE_STORAGE:
+        raise NodeInputError(f"noise_storage is {str(noise_storage)[:40]!r}; expected one of "
+                             f"{', '.join(NOISE_STORAGE)}")
     batch, height, width = int(images.shape[0]), int(images.shape[1]), int(images.shape[2])
     prefix = expand_prefix(filename_prefix, width, height)
     rc.resolve_prefix(ctx.output_dir, prefix)
@@ -189,6 +197,10 @@ def save_images(images: torch.Tensor, filename_prefix: str, ctx: SaveContext, *,
                      ctx.noise_maker)
     if samples is not None:
         tensors["latent"] = samples
+    if noise_storage == "recipe":
+        tensors, kept = compact_noise(tensors, {"runs": [run.to_json() for run in runs], "host": {"comfyui": host}})
+        for name, why in kept.items():
+            log.warning("raiiaf: save node %s stores %s raw: %s", ctx.node_id, name, why)
 
     text_chunks: dict[str, str] = {}
     if ctx.metadata_enabled:

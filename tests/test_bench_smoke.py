@@ -18,7 +18,7 @@ def test_bench_runs_on_tiny_inputs_and_prints_every_section(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    for section in ("== Machine ==", "== Size:", "== Save time:", "== Metadata scan:", "== Latent load:",
+    for section in ("== Machine ==", "== Size:", "== Compact noise (issue 13)", "== Save time:", "== Metadata scan:", "== Latent load:",
                     "== Archive index:", "== Shareable PNG", "== Capture overhead =="):
         assert section in out, f"missing {section!r} in:\n{out}"
     for line in ("CPU: ", "PNG alone", "PNG + .safetensors sidecar", "PNG + base64 tensor in tEXt",
@@ -26,7 +26,8 @@ def test_bench_runs_on_tiny_inputs_and_prints_every_section(tmp_path):
                  "target <= 1.05", "read, image decoded to pixels", "raiiaf v2 (rc.open(p).metadata)",
                  "bytes read per file", "safetensors.torch.load_file", "build_index, no index yet",
                  "model_and_sampler", "environment_differs", "PNG over .raiiaf", "rc.write -> rc.write(png=True)",
-                 "export -> import gives the .raiiaf back byte for byte"):
+                 "export -> import gives the .raiiaf back byte for byte", "rc.write, noise as recipe",
+                 "ratio compact / SaveImage PNG"):
         assert line in out, f"missing {line!r} in:\n{out}"
     assert "raiiaf 1.1.0 file_decoder: not measured, skipped (--no-v1)" in out
     assert list(tmp_path.iterdir()) == []  # the benchmark removes its files

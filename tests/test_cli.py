@@ -45,7 +45,7 @@ def test_inspect_text_and_json(packed, capsys):
     [info] = json.loads(capsys.readouterr().out)
     assert info["image"] == {"format": "png", "width": 64, "height": 64,
                              "bytes": (EXAMPLES / "example.png").stat().st_size}
-    assert info["tensors"] == [{"name": "initial_noise", "dtype": "float32", "shape": [1, 4, 8, 8]}]
+    assert info["tensors"] == [{"name": "initial_noise", "dtype": "float32", "shape": [1, 4, 8, 8], "stored": "tensor"}]
     assert info["metadata"]["prompt"].startswith("a lighthouse")
 
 

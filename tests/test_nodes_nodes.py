@@ -350,16 +350,23 @@ def test_comfyui_can_load_the_pip_installed_nodes_through_a_one_line_file(tmp_pa
     assert done.stdout.split() == ["4", "True"]
 
 
-def test_save_writes_the_shareable_png_and_the_replay_nodes_take_it(bridge, graph):
-    (model,) = nodes.RaiiafCapture().capture("the model")
+def _captured_ksampler(bridge, prompt_id: str):
+    """KSampler node 3 run with seed 42 under the capture node, as ComfyUI's OUTER_SAMPLE wrapper reports it;
+    the bridge then executes save node 9. Returns (noise, sigmas, output)."""
+    nodes.RaiiafCapture().capture("the model")
     noise, sigmas = reconstruct_noise([1, 4, 8, 8], 42), torch.linspace(14.6, 0, 5)
     output = fake_sampling(noise, sigmas, torch.zeros(1, 4, 8, 8), 7.0)
-    bridge.context = ("prompt-1", "3")
+    bridge.context = (prompt_id, "3")
     bridge.wrappers[0](noise=noise, sigmas=sigmas, seed=42, sampler_function=sample_euler_ancestral,
                        sampler_options={}, inpaint_options={}, cfg=7.0, guider="CFGGuider", denoise_mask=None,
                        latent_image=torch.zeros(1, 4, 8, 8), model={"config": "SD15"}, output=output,
-                       prompt_id="prompt-1", node_id="3")
-    bridge.context = ("prompt-1", "9")
+                       prompt_id=prompt_id, node_id="3")
+    bridge.context = (prompt_id, "9")
+    return noise, sigmas, output
+
+
+def test_save_writes_the_shareable_png_and_the_replay_nodes_take_it(bridge, graph):
+    noise, sigmas, output = _captured_ksampler(bridge, "prompt-1")
     assert nodes.RaiiafSave.INPUT_TYPES()["optional"]["save_as"][0] == [".raiiaf", "PNG", "both"]
     ui = nodes.RaiiafSave().save(torch.rand(1, 64, 64, 3), "raiiaf/fox", latent={"samples": output}, save_as="both",
                                  prompt=graph, extra_pnginfo={"workflow": {"nodes": []}}, unique_id="9")
@@ -372,3 +379,24 @@ def test_save_writes_the_shareable_png_and_the_replay_nodes_take_it(bridge, grap
     assert torch.equal(outs["sigmas"], sigmas) and torch.equal(outs["latent"]["samples"], output)
     result = nodes.RaiiafResample().resample("the model", "pos", "neg", file, 0)
     assert result["ui"]["raiiaf_identical"] == [True]
+
+
+def test_save_node_noise_storage_recipe_loads_the_same_noise(bridge, graph):
+    assert nodes.RaiiafSave.INPUT_TYPES()["optional"]["noise_storage"][0] == ["raw", "recipe"]
+    bridge.context = ("prompt-3", "9")
+    nodes.RaiiafSave().save(torch.rand(1, 64, 64, 3), "small", noise_storage="recipe", prompt=graph, unique_id="9")
+    art = rc.open(bridge.root / "output" / "small_00001_.raiiaf")
+    # The bridge's stand-in prepare_noise doubles the seed's draw: no seed recipe gives it, so it stays raw.
+    assert art.tensor_stored_as("run0.noise") == "tensor"
+    outs = dict(zip(nodes.RaiiafLoad.RETURN_NAMES, nodes.RaiiafLoad().load("small_00001_.raiiaf [output]", 0)["result"],
+                    strict=True))
+    assert torch.equal(outs["noise"].noise, reconstruct_noise([1, 4, 64, 64], 42) * 2)
+    # Noise the capture node saw KSampler draw from seed 42 is stored as its recipe.
+    noise, _, output = _captured_ksampler(bridge, "prompt-4")
+    nodes.RaiiafSave().save(torch.rand(1, 64, 64, 3), "small", latent={"samples": output}, noise_storage="recipe",
+                            prompt=graph, unique_id="9")
+    art = rc.open(bridge.root / "output" / "small_00002_.raiiaf")
+    assert art.tensor_stored_as("run0.noise") == "tensor_recipe" and art.metadata["noise"]["source"] == "captured"
+    outs = dict(zip(nodes.RaiiafLoad.RETURN_NAMES, nodes.RaiiafLoad().load("small_00002_.raiiaf [output]", 0)["result"],
+                    strict=True))
+    assert torch.equal(outs["noise"].generate_noise(outs["latent_in"]), noise)

@@ -203,3 +203,56 @@ def test_files_from_other_hosts_replay_from_top_level_fields(tmp_path):
     assert torch.equal(replay.noise, noise)
     assert (replay.seed, replay.steps, replay.cfg, replay.record.positive) == (3, 4, 5.0, "p")
     assert replay.sigmas is None
+
+
+def _prepare_noise(shape, seed, batch_index=None):
+    """comfy.sample.prepare_noise's draw, written out here apart from the code under test."""
+    generator = torch.Generator().manual_seed(seed)
+    if batch_index is None:
+        return torch.randn(shape, generator=generator)
+    unique, inverse = np.unique(batch_index, return_inverse=True)
+    noises = [torch.randn([1, *shape[1:]], generator=generator) for _ in range(unique[-1] + 1)]
+    return torch.cat([noises[unique[i]] for i in inverse], dim=0)
+
+
+@pytest.mark.parametrize("batch_index", [None, [3, 1]])
+def test_noise_storage_recipe_stores_the_seeds_draw_and_loads_it_bit_for_bit(tmp_path, graph, batch_index):
+    latent = {"samples": torch.randn(2, 4, 8, 8), **({"batch_index": batch_index} if batch_index else {})}
+    store = CaptureStore()
+    store.add(captured("3", "p1", [2, 4, 8, 8], 42))  # captured noise: KSampler's draw without the batch_index
+    sizes = {}
+    for storage in ("raw", "recipe"):
+        for source, kept_store in (("captured", store), ("reconstructed", CaptureStore())):
+            if source == "captured" and batch_index:
+                continue
+            (item, _) = save_images(images(2), f"{storage}_{source}", ctx_for(tmp_path, graph, "p1"), latent=latent,
+                                    store=kept_store, environment=ENV, noise_storage=storage)
+            art = rc.open(item.path)
+            assert art.verify() == [] and art.metadata["noise"]["source"] == source
+            assert art.tensor_stored_as("run0.noise") == ("tensor_recipe" if storage == "recipe" else "tensor")
+            assert art.tensor_stored_as("latent") == "tensor"
+            want = _prepare_noise([2, 4, 8, 8], 42, batch_index if source == "reconstructed" else None)
+            assert torch.equal(art.load_tensor("run0.noise", "torch"), want)
+            assert torch.equal(load_run(art, 0).noise, want)
+            sizes[storage, source] = item.path.stat().st_size
+    for source in ("captured", "reconstructed"):
+        if (source == "captured") and batch_index:
+            continue
+        assert sizes["raw", source] - sizes["recipe", source] > 2 * 4 * 8 * 8 * 4 - 400
+
+
+def test_noise_storage_recipe_keeps_noise_its_seed_does_not_draw_raw(tmp_path, graph, caplog):
+    store = CaptureStore()
+    run = make_run(noise=torch.randn(1, 4, 8, 8), sigmas=torch.linspace(14.6, 0, 7), seed=42,
+                   sampler_function=sample_dpmpp_2m_sde, latent_image=torch.zeros(1, 4, 8, 8), prompt_id="p",
+                   node_id="3")
+    store.add(run)
+    (item,) = save_images(images(), "odd", ctx_for(tmp_path, graph, "p"), store=store, environment=ENV,
+                          noise_storage="recipe")
+    art = rc.open(item.path)
+    assert art.tensor_stored_as("run0.noise") == "tensor"
+    assert torch.equal(art.load_tensor("run0.noise", "torch"), run.tensors["noise"])
+    assert "stores run0.noise raw" in caplog.text
+    with pytest.raises(NodeInputError, match="noise_storage"):
+        save_images(images(), "odd", ctx_for(tmp_path, graph, "p"), store=store, environment=ENV,
+                    noise_storage="zip")
