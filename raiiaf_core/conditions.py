@@ -39,12 +39,11 @@ class Recreation:
     settings: list = field(default_factory=list)
     refused: list = field(default_factory=list)  # text: the key, the recorded value and why it was not set
 
-    def lines(self) -> list:
-        out = []
-        if self.settings:
-            out.append("recreated for this call: " + "; ".join(map(str, self.settings)))
-        out += [f"not recreated: {r}" for r in self.refused]
-        return out
+    def lines(self, also: tuple | list = ()) -> list:
+        """The report's lines: what was set (with `also`, what a host set besides), then what was refused."""
+        done = [*map(str, self.settings), *also]
+        out = ["recreated for this call: " + "; ".join(done)] if done else []
+        return out + [f"not recreated: {r}" for r in self.refused]
 
 
 def _switches(torch) -> dict:
