@@ -12,7 +12,7 @@ YES, POSSIBLE, UNLIKELY = "yes", "possible", "unlikely"
 # First matching prefix wins: why a difference under it can or cannot change the generated pixels, and what a
 # user can do about it (None: nothing to do, or replay recreates it by itself). Remedies are templates over
 # {stored}, {current} (the values), {stored_lower} and {name} (the key's last part).
-_REPLAY_SETS = " (replay sets this for the call unless recreate=False)"
+_REPLAY_SETS = " (diffusers replay and Raiiaf Resample set this for their call)"
 _IMPACT = (
     ("torch.num_threads", POSSIBLE, "CPU kernels may split reductions differently",
      "call torch.set_num_threads({stored})" + _REPLAY_SETS),
