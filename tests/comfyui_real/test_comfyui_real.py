@@ -384,3 +384,29 @@ def test_a_saveimage_png_imported_with_raiiaf_import_replays_to_its_pixels(comfy
         assert outputs["9"]["raiiaf_identical"] == [None]  # SaveImage kept no latent to compare with
     assert rc.import_png(shared, folder / "back.raiiaf").kind == "raiiaf"
     assert (folder / "back.raiiaf").read_bytes() == (folder / "saveimage.raiiaf").read_bytes()
+
+
+def test_another_thread_count_is_recreated_by_resample_and_the_launch_is_recorded(comfy, tmp_path_factory):
+    """A file made by this server, resampled in a second one of the same ComfyUI started with another torch
+    thread count: Raiiaf Resample samples at the recorded count and gives the stored latent."""
+    (path,) = saved_files(comfy, comfy.run(capture_graph("conditions/threads", sampler="euler_ancestral")))
+    art = rc.open(path)
+    launch = art.metadata["host"]["comfyui"]["launch"]
+    assert launch["args"]["--cpu"] is True  # comfyui_server starts every ComfyUI with --cpu
+    assert launch["args"]["--deterministic"] is False and launch["args"]["--fast"] == []
+    assert isinstance(launch["attention"], str) and launch["attention"].startswith("attention_")
+    assert art.metadata["runs"][0]["model"]["dtype"] == "float32"
+    threads = art.environment["torch"]["num_threads"]
+    other = 1 if threads > 1 else 2
+    target = next(t for t in TARGETS if t.version == comfy.version)
+    with start(tmp_path_factory.mktemp(f"comfyui-{target.version}-threads"), comfy=target.comfyui,
+               python=target.python, checkpoint=target.checkpoint, env={"RAIIAF_TEST_TORCH_THREADS": str(other)},
+               extra_nodes=[HERE / "torch_threads"]) as second:
+        name = second.upload(path)
+        outputs = second.run(replay_graph(name, "replay/threads", 0))
+        assert torch.equal(saved_latent(second, outputs, "21"), art.load_tensor("latent", framework="torch"))
+        report = outputs["9"]["raiiaf_report"][0]
+        assert outputs["9"]["raiiaf_identical"] == [True], report
+        assert f"recreated for this call: torch.num_threads {other} -> {threads}" in report
+        # Load Replay cannot set the thread count of the sampler downstream: it names the difference.
+        assert f"torch.num_threads: {threads} -> {other}" in outputs["1"]["raiiaf_report"][0]
