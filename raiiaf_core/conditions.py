@@ -97,6 +97,25 @@ def _switches(torch) -> dict:
     return table
 
 
+def _precision_states(torch) -> list:
+    """(owner, fp32_precision) of every node of torch's precision tree (torch >= 2.9), parents first.
+
+    The legacy switches (float32_matmul_precision, allow_tf32) write into this tree, and a tree left mixed makes
+    torch.get_float32_matmul_precision() raise; so the tree is put back exactly as it was, not through them."""
+    backends = torch.backends
+    owners = [backends, backends.cuda.matmul, backends.cudnn]
+    for parent in (backends.cudnn, getattr(backends, "mkldnn", None)):
+        if parent is not None:
+            owners += [parent] + [getattr(parent, n) for n in ("matmul", "conv", "rnn") if hasattr(parent, n)]
+    states, seen = [], set()
+    for owner in owners:
+        value = getattr(owner, "fp32_precision", None)
+        if isinstance(value, str) and id(owner) not in seen:
+            seen.add(id(owner))
+            states.append((owner, value))
+    return states
+
+
 def _recorded(environment: dict, key: str):
     section, _, name = key.partition(".")
     values = environment.get(section) if isinstance(environment, dict) else None
@@ -115,19 +134,20 @@ def recreated(environment: dict, *, enabled: bool = True):
     import torch
 
     restore = []
+    precision = _precision_states(torch)
     try:
         for key, (read, write, acceptable) in _switches(torch).items():
             value = _recorded(environment, key)
             if value is KeyError:
-                continue
-            before = read()
-            if value == before and type(value) is type(before):
                 continue
             if not acceptable(value):
                 recreation.refused.append(f"{escape(key)}: the file records {escape(repr(value)[:80])}, "
                                           "which is not a value this setting takes")
                 continue
             try:
+                before = read()
+                if value == before:
+                    continue
                 write(value)
             except Exception as exc:  # noqa: BLE001 - torch refuses some combinations; the call runs without it
                 recreation.refused.append(f"{escape(key)} = {escape(repr(value))}: torch refused it "
@@ -142,6 +162,9 @@ def recreated(environment: dict, *, enabled: bool = True):
                 write(before)
             except Exception:  # noqa: BLE001 - one setting that cannot be put back must not keep the others
                 log.exception("raiiaf: could not put %s back to %r after a replay", key, before)
+        if restore:
+            for owner, value in precision:
+                owner.fp32_precision = value
 
 
 __all__ = ["recreated", "Recreation", "Setting", "MAX_THREADS"]

@@ -15,7 +15,7 @@ YES, POSSIBLE, UNLIKELY = "yes", "possible", "unlikely"
 _REPLAY_SETS = " (diffusers replay and Raiiaf Resample set this for their call)"
 _IMPACT = (
     ("torch.num_threads", POSSIBLE, "CPU kernels may split reductions differently",
-     "call torch.set_num_threads({stored})" + _REPLAY_SETS),
+     "call torch.set_num_threads({stored}), or start the process with OMP_NUM_THREADS={stored}" + _REPLAY_SETS),
     ("torch.cpu_capability", YES, "torch's CPU kernels for another instruction set round differently",
      "the file was made with {stored} kernels; this process uses {current}: rerun with "
      "ATEN_CPU_CAPABILITY={stored_lower} (a CPU runs lower levels than its own, never higher)"),

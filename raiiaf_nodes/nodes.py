@@ -277,6 +277,9 @@ class RaiiafResample:
         report = drift_report(art, current=environment, launch_now=bridge.launch_settings(), identical=identical,
                               remedies=model_remedies(record.model, bridge.model_dtypes(model)))
         lines = [f"run {run}: {verdict}", *recreation.lines()]
+        if recreation.settings:
+            lines.append("note: only this node's sampling ran under them; the conditioning and model it was given "
+                         "were computed by other nodes under this ComfyUI's own settings")
         if stored.batch_size > 1:
             lines.append(f"the file's image is image {stored.batch_index} of this batch of {stored.batch_size}")
         not_passed = [*record.arguments, *record.unstored_arguments, *record.unstored_options]
