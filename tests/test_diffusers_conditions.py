@@ -175,3 +175,19 @@ def test_settings_are_put_back_when_the_pipeline_raises(tmp_path):
     assert boom.seen == (1, True, False) != before
     assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
             torch.backends.cuda.flash_sdp_enabled()) == before
+
+
+def test_a_difference_nothing_recorded_explains_is_said_plainly(avx2_file, tmp_path):
+    """The AVX2 file with this process's environment in place of its own: nothing recorded differs, yet the
+    replay does; the report must say so instead of "identical"."""
+    import raiiaf_core as rc
+
+    art = rc.open(avx2_file)
+    hidden = rc.write(tmp_path / "hidden.raiiaf", image=art.image_bytes(), metadata=art.metadata,
+                      tensors={name: art.load_tensor(name, framework="torch") for name in art.tensor_names},
+                      environment=rc.capture_environment())
+    result = replay(tiny.build("sd"), hidden)
+    assert not result.bit_exact and result.unexplained
+    assert result.drift.differences == ()
+    assert "environment: no recorded difference explains this" in result.report()
+    assert "environment: identical" not in result.report()
