@@ -6,6 +6,7 @@
     rc.export_png("out.raiiaf")          # out.png: shows everywhere, and rc.open reads it like the .raiiaf
 """
 
+from .conditions import Recreation, recreated
 from .drift import Difference, DriftReport, drift
 from .environment import capture_environment
 from .errors import (
@@ -40,6 +41,6 @@ FORMAT_VERSION = (MAJOR, MINOR)
 __all__ = [
     "Artifact", "NoiseRecipe", "noise_recipe", "CorruptFileError", "Difference", "DriftReport", "LimitExceededError", "Limits", "MetadataError",
     "MissingDependencyError", "NoArtifactError", "RaiiafError", "ReadError", "RecipeMismatchError", "TargetExistsError", "TensorError", "TensorInfo",
-    "UnsupportedVersionError", "WriteError", "capture_environment", "drift", "open", "tensor_sha256", "verify",
+    "UnsupportedVersionError", "WriteError", "capture_environment", "drift", "open", "tensor_sha256", "recreated", "Recreation", "verify",
     "write", "write_numbered", "export_png", "import_png", "import_pngs", "resolve_prefix", "FORMAT_VERSION", "EXTENSION", "MAGIC", "PNG_COMPRESS_LEVEL",
 ]

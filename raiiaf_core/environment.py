@@ -11,7 +11,10 @@ ENVIRONMENT_SCHEMA = 1
 PACKAGES = ("raiiaf-plugins", "numpy", "safetensors", "pillow", "zstandard", "torch", "diffusers", "transformers",
             "accelerate", "torchsde", "xformers")
 ENV_VARS = ("CUBLAS_WORKSPACE_CONFIG", "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "OMP_NUM_THREADS",
-            "MKL_NUM_THREADS", "NVIDIA_TF32_OVERRIDE")
+            "MKL_NUM_THREADS", "NVIDIA_TF32_OVERRIDE", "ATEN_CPU_CAPABILITY", "MKL_CBWR", "DNNL_MAX_CPU_ISA",
+            "ONEDNN_MAX_CPU_ISA")
+# Lines of torch.__config__.show() that name the math libraries torch's CPU kernels call.
+_LIBRARIES = (("mkl", "Math Kernel Library Version "), ("onednn", "MKL-DNN v"), ("openmp", "OpenMP "))
 
 
 def capture_environment() -> dict:
@@ -22,6 +25,7 @@ def capture_environment() -> dict:
     if torch is not None:
         env["torch"] = {**env["torch"], "num_threads": torch.get_num_threads()}
         env["determinism"] = _determinism(torch)
+        env["sdpa"] = _sdpa(torch)
     return env
 
 
@@ -45,6 +49,10 @@ def _static_environment() -> dict:
             "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
             "debug": bool(torch.version.debug),
             "git_version": getattr(torch.version, "git_version", None),
+            # The instruction set torch's CPU kernels were dispatched for (AVX2 and AVX512 kernels round
+            # differently); ATEN_CPU_CAPABILITY lowers it.
+            "cpu_capability": _cpu_capability(torch),
+            **_build(torch),
         }
         env["gpu"] = _gpus(torch)
     return env
@@ -112,6 +120,46 @@ def _nvidia_driver():
         return None
 
 
+def _cpu_capability(torch):
+    getter = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    return getter() if getter is not None else None
+
+
+def _build(torch) -> dict:
+    """The BLAS/LAPACK and oneDNN torch was built with, from torch.__config__.show() (read once per process)."""
+    try:
+        text = torch.__config__.show()
+    except Exception:  # noqa: BLE001 - a build that cannot describe itself is recorded without it
+        return {}
+    settings = {}
+    for line in text.splitlines():
+        line = line.strip().lstrip("- ")
+        if line.startswith("Build settings:"):
+            for item in line.split(":", 1)[1].split(","):
+                key, _, value = item.strip().partition("=")
+                if key in ("BLAS_INFO", "LAPACK_INFO"):
+                    settings[key.lower()] = value
+        for name, marker in _LIBRARIES:
+            if marker in line:
+                settings[name] = line.split(marker, 1)[1].split()[0]
+    mkldnn = getattr(torch.backends, "mkldnn", None)
+    settings["mkldnn_available"] = bool(mkldnn is not None and mkldnn.is_available())
+    return settings
+
+
+def _sdpa(torch) -> dict:
+    """Which scaled_dot_product_attention backends torch may pick (flash, memory-efficient, math, cuDNN)."""
+    cuda = torch.backends.cuda
+    switches = {}
+    for key, getter in (("flash", "flash_sdp_enabled"), ("mem_efficient", "mem_efficient_sdp_enabled"),
+                        ("math", "math_sdp_enabled"), ("cudnn", "cudnn_sdp_enabled"),
+                        ("math_fp16_bf16_reduction", "fp16_bf16_reduction_math_sdp_allowed")):
+        function = getattr(cuda, getter, None)
+        if function is not None:
+            switches[key] = bool(function())
+    return switches
+
+
 def _determinism(torch) -> dict:
     backends = torch.backends
     switches = {
@@ -126,6 +174,7 @@ def _determinism(torch) -> dict:
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "deterministic_algorithms_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "mkldnn_enabled": bool(getattr(getattr(backends, "mkldnn", None), "enabled", False)),
     }
     # fp32_precision exists from torch 2.9 on; older builds simply lack these keys.
     for key, owner in (("fp32_precision", backends), ("matmul_fp32_precision", backends.cuda.matmul),

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from . import _encode, _rng
+from . import _attention, _encode, _rng
 
 _SNAPSHOT_RE = re.compile(r"snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)")
 
@@ -91,6 +91,13 @@ def components(pipe) -> dict:
             if param is not None:
                 info["dtype"] = str(param.dtype).removeprefix("torch.")
                 info["device"] = str(param.device)
+            # The attention kernels decide the numbers as much as the weights do (see _attention).
+            attention = _attention.processors(comp)
+            if attention is not None:
+                info["attn_processors"] = attention
+            implementation = _attention.implementation(comp)
+            if implementation is not None:
+                info["attn_implementation"] = implementation
             name_or_path = getattr(config, "_name_or_path", None) if config is not None else None
             if isinstance(name_or_path, str) and name_or_path:
                 info["name_or_path"] = name_or_path

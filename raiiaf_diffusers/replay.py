@@ -10,6 +10,7 @@ its stored final latents and raw output, never only against hashes the record st
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import io
@@ -23,8 +24,9 @@ import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 import raiiaf_core as rc
+from raiiaf_core.report import escape
 
-from . import _encode, _hooks, _intercept, _output, _pipeline, _rng
+from . import _attention, _encode, _hooks, _intercept, _output, _pipeline, _rng
 from ._tape import TapeChecker, TooManyDraws
 from .errors import ReplayError
 from .record import DiffusersRecord, RecordError, ReplayLimitError, Scheduler, read
@@ -80,6 +82,8 @@ class ReplayResult:
     tape_mismatch: str | None = None  # the first draw that differed from the RNG tape, with its site and step
     draws_checked: int | None = None  # draws compared with the tape; None when the tape was not checked
     record_problems: list = field(default_factory=list)  # where the record disagrees with the file's payloads
+    recreated: list = field(default_factory=list)  # settings of the capture this replay set for its call
+    remedies: list = field(default_factory=list)  # differences replay could not remove, each with what to do
 
     @property
     def image(self):
@@ -113,12 +117,27 @@ class ReplayResult:
             parts.append("raw output differs")
         return "NOT bit-exact: " + "; ".join(parts)
 
+    @property
+    def unexplained(self) -> bool:
+        """Not bit-exact, and no recorded difference (environment, models, arguments) accounts for it."""
+        return (not self.bit_exact and not self.drift.explains_a_difference and not self.remedies
+                and not self.record_problems and not self.tape_mismatch and not self.notes)
+
     def report(self) -> str:
         lines = [self.verdict]
         if self.bit_exact and self.tape_mismatch:
             lines.append(f"note: {self.tape_mismatch}")
+        lines += self.recreated
         lines += [f"note: {n}" for n in self.notes]
-        lines.append(str(self.drift))
+        lines += [f"remedy: {r}" for r in self.remedies]
+        if self.unexplained:
+            lines.append("environment: no recorded difference explains this: every setting raiiaf records is the "
+                         "same (or was recreated), so something it cannot read differs (a library loaded at run "
+                         "time, the CPU or GPU microcode, or the model weights when the file holds no hashes)")
+            if self.drift.differences:
+                lines.append(str(self.drift))
+        else:
+            lines.append(str(self.drift))
         return "\n".join(lines)
 
     __str__ = report
@@ -139,6 +158,9 @@ class ReplayResult:
             "draws_checked": self.draws_checked,
             "record_problems": list(self.record_problems),
             "notes": list(self.notes),
+            "recreated": list(self.recreated),
+            "remedies": list(self.remedies),
+            "unexplained": self.unexplained,
             "drift": self.drift.to_dict(),
         }
 
@@ -494,7 +516,7 @@ def _failed_in_scheduler(exc: BaseException) -> bool:
 # --- compare ----------------------------------------------------------------------------------------
 
 
-def compare(pipe, plan: _Plan, out) -> ReplayResult:
+def compare(pipe, plan: _Plan, out, conditions: _Conditions | None = None) -> ReplayResult:
     record, art = plan.record, plan.art
     problems = list(plan.record_problems)
     if plan.checker is not None:
@@ -542,14 +564,51 @@ def compare(pipe, plan: _Plan, out) -> ReplayResult:
         image_equal=image_equal,
         png_bytes_equal=image is not None and _output.png_bytes(image) == art.image_bytes(),
         output_equal=output_equal, latents_max_abs_diff=latents_diff, image_max_abs_diff=image_diff,
-        drift=rc.drift(art.environment), notes=plan.notes,
+        drift=rc.drift(art.environment, None if conditions is None else conditions.environment), notes=plan.notes,
         tape_mismatch=None if checker is None else checker.mismatch,
         draws_checked=None if checker is None else checker.checked,
         record_problems=problems,
+        recreated=[] if conditions is None else conditions.recreated,
+        remedies=[] if conditions is None else conditions.remedies,
     )
 
 
-def replay(pipe, path: str | os.PathLike, *, limits: rc.Limits | None = None, **overrides) -> ReplayResult:
+@dataclass
+class _Conditions:
+    """What a replay set for its call, what it could not, and the environment the call ran in."""
+
+    recreated: list
+    remedies: list
+    environment: dict | None = None
+
+
+@contextlib.contextmanager
+def recreated(pipe, plan: _Plan, enabled: bool):
+    """The capture's settable conditions (raiiaf_core.recreated: threads, determinism switches, SDPA backends;
+    _attention: the models' attention processors) for the block only; everything is put back afterwards."""
+    conditions = _Conditions([], [])
+    with rc.recreated(plan.art.environment, enabled=enabled) as torch_settings, \
+            _attention.recreated(pipe, plan.record.components, enabled=enabled) as (processors, remedies):
+        conditions.recreated = torch_settings.lines(also=processors)
+        conditions.remedies = remedies + _dtype_remedies(pipe, plan.record.components)
+        yield conditions
+        conditions.environment = rc.capture_environment()  # as the call ran, before anything is put back
+
+
+def _dtype_remedies(pipe, components: dict) -> list:
+    """Components whose weights are in another dtype than at capture (not changed here: a cast can lose bits)."""
+    out = []
+    now = _pipeline.components(pipe)
+    for name, info in components.items():
+        mine = now.get(name)
+        if isinstance(info, dict) and isinstance(mine, dict) and "dtype" in info and info["dtype"] != mine.get("dtype"):
+            out.append(f"{name} ran in {escape(info['dtype'])} at capture, here {mine.get('dtype')}: load "
+                       f"it in that dtype (pipe.{name}.to(torch.{escape(info['dtype'])}))")
+    return out
+
+
+def replay(pipe, path: str | os.PathLike, *, limits: rc.Limits | None = None, recreate: bool = True,
+           **overrides) -> ReplayResult:
     """Regenerate the image stored in ``path`` with ``pipe`` and compare it with what the file holds.
 
     The scheduler is rebuilt from the stored class and config (``pipe.scheduler`` is put back
@@ -560,10 +619,17 @@ def replay(pipe, path: str | os.PathLike, *, limits: rc.Limits | None = None, **
     call arguments are passed again; ``overrides`` replace any of them (``generator=`` and ``latents=``
     included). The whole batch of the capture is regenerated: batch size changes the numerics.
     ``limits`` bounds what the file may ask for (rc.Limits; ``max_replay_steps`` among others).
+
+    By default the call runs under the capture's recorded conditions that a process can set: the torch
+    thread count, the determinism switches (TF32, cuDNN, matmul precision, deterministic algorithms, oneDNN),
+    the scaled_dot_product_attention backends and the models' attention processors; all are put back
+    afterwards, also when the pipeline raises. ``result.recreated`` lists what was set; ``result.remedies``
+    and the drift report say what could not be set and what to do. ``recreate=False`` leaves them as they are.
     """
     plan = prepare(pipe, path, dict(overrides), limits or rc.Limits())
-    out = run(pipe, plan)
-    result = compare(pipe, plan, out)
+    with recreated(pipe, plan, recreate) as conditions:
+        out = run(pipe, plan)
+    result = compare(pipe, plan, out, conditions)
     logger.info("raiiaf_diffusers replay of %s: %s", plan.source, result.verdict)
     return result
 

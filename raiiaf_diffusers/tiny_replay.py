@@ -1,6 +1,6 @@
 """Replay .raiiaf files captured from the tiny pipelines, in this (fresh) process.
 
-    python -m raiiaf_diffusers.tiny_replay FILE... [--save DIR]
+    python -m raiiaf_diffusers.tiny_replay FILE... [--save DIR] [--no-recreate]
 
 Used by the demo and the tests to show that a file replays in a *new* Python process: each file
 names its tiny pipeline ("raiiaf-tiny/sd", ...), which is rebuilt here from the same seeded
@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m raiiaf_diffusers.tiny_replay", description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+")
     parser.add_argument("--save", metavar="DIR", help="write the replayed final latents and images here")
+    parser.add_argument("--no-recreate", action="store_true",
+                        help="replay in this process's torch settings, not the capture's (replay(recreate=False))")
     args = parser.parse_args(argv)
 
     import safetensors.torch
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if name not in pipes:
             pipes[name] = tiny.build(name)
-        result = replay(pipes[name], path)
+        result = replay(pipes[name], path, recreate=not args.no_recreate)
         report = {"path": path, **result.to_dict()}
         if args.save:
             os.makedirs(args.save, exist_ok=True)

@@ -24,6 +24,7 @@ from comfy.k_diffusion import sampling as k_diffusion_sampling
 from comfy_execution.graph_utils import ExecutionBlocker
 from comfy_execution.utils import get_executing_context
 
+from . import launch
 from .errors import CaptureError, NodeInputError
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,31 @@ def model_path(folder: str, name: str) -> str | None:
 def metadata_enabled() -> bool:
     """False under --disable-metadata: then, like SaveImage, the graph and workflow are not stored."""
     return not args.disable_metadata
+
+
+def launch_settings() -> dict:
+    """The launch arguments that change the numbers (launch.NUMERIC_ARGS present in this ComfyUI), by their
+    option string, and the attention function ComfyUI picked; {"error": ...} when they cannot be read (a save
+    must not fail over them)."""
+    try:
+        from comfy.cli_args import parser
+
+        options = {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
+        found = {options.get(name, "--" + name.replace("_", "-")): launch.plain(getattr(args, name))
+                 for name in launch.NUMERIC_ARGS if hasattr(args, name)}
+        from comfy.ldm.modules import attention
+
+        return {"args": found, "attention": getattr(attention.optimized_attention, "__name__", None)}
+    except Exception as exc:  # noqa: BLE001
+        log.exception("raiiaf: could not read ComfyUI's launch settings")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def model_dtypes(model) -> dict:
+    """The weight dtype of a MODEL and the dtype its layers compute in when ComfyUI casts them (manual cast)."""
+    cast = getattr(model.model, "manual_cast_dtype", None)
+    return {"dtype": str(model.model_dtype()).replace("torch.", ""),
+            "manual_cast_dtype": None if cast is None else str(cast).replace("torch.", "")}
 
 
 def comfyui_version() -> str | None:
@@ -205,8 +231,7 @@ def _model_info(guider) -> dict:
     try:
         patcher = guider.model_patcher
         return {"config": type(patcher.model.model_config).__name__,
-                "model_type": str(getattr(patcher.model, "model_type", "")),
-                "dtype": str(patcher.model_dtype()).replace("torch.", "")}
+                "model_type": str(getattr(patcher.model, "model_type", "")), **model_dtypes(patcher)}
     except Exception as exc:  # noqa: BLE001
         return {"error": f"{type(exc).__name__}: {exc}"}
 

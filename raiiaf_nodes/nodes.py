@@ -22,7 +22,8 @@ from .errors import NodeInputError
 from .hashing import FileHashCache
 from .noise import StoredNoise
 from .paths import list_raiiaf_files, resolve_annotated
-from .replay import compare_output, drift_report, image_tensor, load_run, rebuilt_sigma_settings, stored_latent
+from .replay import (compare_output, drift_report, image_tensor, load_run, model_remedies, rebuilt_sigma_settings,
+                     stored_latent)
 from .save import NOISE_STORAGE, PREVIEW_SUBFOLDER, SAVE_AS, SaveContext, save_images
 
 CATEGORY = "raiiaf"
@@ -147,7 +148,7 @@ class RaiiafSave:
             output_dir=bridge.output_dir(), temp_dir=bridge.temp_dir(), prompt=prompt, extra_pnginfo=extra_pnginfo,
             node_id=None if unique_id is None else str(unique_id), prompt_id=prompt_id,
             metadata_enabled=bridge.metadata_enabled(), comfyui_version=bridge.comfyui_version(),
-            model_path=bridge.model_path,
+            launch=bridge.launch_settings(), model_path=bridge.model_path,
             hash_cache=_model_hashes(os.path.join(bridge.user_dir(), "raiiaf", "model_sha256.json")),
             hash_progress=bridge.progress(unique_id), make_noise=bridge.prepare_noise, noise_maker=bridge.NOISE_MAKER)
         saved = save_images(images, filename_prefix, ctx, latent=latent, tags=tags, notes=notes, store=STORE,
@@ -203,7 +204,7 @@ class RaiiafLoad:
     def load(self, file, run):
         bridge = _bridge()
         art = rc.open(_file_path(file))
-        report = drift_report(art)
+        report = drift_report(art, launch_now=bridge.launch_settings())
         stored = load_run(art, run)
         record = stored.record
         if stored.latent_in is None:
@@ -259,7 +260,6 @@ class RaiiafResample:
     def resample(self, model, positive, negative, file, run):
         bridge = _bridge()
         art = rc.open(_file_path(file))
-        report = drift_report(art)
         stored = load_run(art, run)
         record = stored.record
         if stored.latent_in is None:
@@ -269,13 +269,21 @@ class RaiiafResample:
         sigmas = stored.sigmas
         if sigmas is None:  # noise rebuilt from a KSampler's seed: ComfyUI's KSampler gives its sigmas
             sigmas = bridge.ksampler_sigmas(model, **rebuilt_sigma_settings(stored, file))
-        output = bridge.sample(model, positive, negative, noise=stored.noise.clone(), sigmas=sigmas,
-                               seed=stored.seed, cfg=stored.cfg, latent_in=stored.latent_in,
-                               sampler=bridge.make_sampler(record.sampler, record.sampler_options,
-                                                           record.inpaint_options),
-                               denoise_mask=stored.denoise_mask)
+        sampler = bridge.make_sampler(record.sampler, record.sampler_options, record.inpaint_options)
+        # The torch settings a node can set (threads, determinism switches, attention backends) as the file
+        # records them, for this sampling only.
+        with rc.recreated(art.environment) as recreation:
+            output = bridge.sample(model, positive, negative, noise=stored.noise.clone(), sigmas=sigmas,
+                                   seed=stored.seed, cfg=stored.cfg, latent_in=stored.latent_in, sampler=sampler,
+                                   denoise_mask=stored.denoise_mask)
+            environment = rc.capture_environment()
         identical, verdict = compare_output(output, stored, art)
-        lines = [f"run {run}: {verdict}"]
+        report = drift_report(art, current=environment, launch_now=bridge.launch_settings(), identical=identical,
+                              remedies=model_remedies(record.model, bridge.model_dtypes(model)))
+        lines = [f"run {run}: {verdict}", *recreation.lines()]
+        if recreation.settings:
+            lines.append("note: only this node's sampling ran under them; the conditioning and model it was given "
+                         "were computed by other nodes under this ComfyUI's own settings")
         if stored.batch_size > 1:
             lines.append(f"the file's image is image {stored.batch_index} of this batch of {stored.batch_size}")
         not_passed = [*record.arguments, *record.unstored_arguments, *record.unstored_options]

@@ -17,6 +17,9 @@ import torch
 
 import raiiaf_core as rc
 
+from raiiaf_core.report import escape
+
+from . import launch
 from .errors import NodeInputError, RecordError
 from .record import CAPTURED, FAILED, FLOAT_DTYPES, MAX_BATCH_INDEX, MAX_STEPS, RECONSTRUCTED, RunRecord
 
@@ -182,13 +185,38 @@ def stored_latent(art: rc.Artifact) -> dict | None:
     return latent
 
 
-def drift_report(art: rc.Artifact) -> str:
-    """The environment drift report between the file and this process, logged and returned as text."""
-    report = rc.drift(art.environment)
-    text = str(report)
-    level = logging.WARNING if report.can_change_output else logging.INFO
+def drift_report(art: rc.Artifact, *, current: dict | None = None, launch_now: dict | None = None,
+                 remedies: tuple = (), identical: bool | None = None) -> str:
+    """The environment drift report between the file and this process (`current`: the environment a replay ran
+    in; default: now), with what to do about ComfyUI launch settings that differ and any other `remedies`,
+    logged and returned as text. When the replay differs (`identical` False) and nothing recorded explains it,
+    the report says so instead of "identical"."""
+    report = rc.drift(art.environment, current)
+    stored = _comfyui_host(art.metadata, art.name).get("launch")
+    fixes = [*remedies, *launch.remedies(stored, launch_now)]
+    lines = [f"remedy: {escape(r)}" for r in fixes]
+    if identical is False and not fixes and not report.explains_a_difference:
+        lines.append("environment: no recorded difference explains this: every setting raiiaf records is the same "
+                     "(or was recreated), so something it cannot read differs")
+        if report.differences:
+            lines.append(str(report))
+    else:
+        lines.append(str(report))
+    text = "\n".join(lines)
+    level = logging.WARNING if report.can_change_output or fixes else logging.INFO
     log.log(level, "raiiaf: replaying %s\n%s", art.name, text)
     return text
+
+
+def model_remedies(recorded: dict, current: dict) -> list:
+    """The run's model weight and compute dtypes against the MODEL given to the replay."""
+    out = []
+    for key, what in (("dtype", "weights"), ("manual_cast_dtype", "compute (manual cast) dtype")):
+        if key in recorded and key in current and recorded[key] != current[key]:
+            out.append(f"the original model's {what} were {escape(str(recorded[key]))}, this one's "
+                       f"{escape(str(current[key]))}: start ComfyUI with the same dtype flags (--force-fp16, "
+                       "--bf16-unet, --fp32-unet ...) or load the model as the original did")
+    return out
 
 
 def _difference(output: torch.Tensor, stored: torch.Tensor) -> str:

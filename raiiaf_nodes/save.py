@@ -53,6 +53,7 @@ class SaveContext:
     prompt_id: str | None = None
     metadata_enabled: bool = True
     comfyui_version: str | None = None
+    launch: dict | None = None  # comfy_bridge.launch_settings(): the flags and attention that change the numbers
     model_path: Callable[[str, str], str | None] = lambda folder, name: None
     hash_cache: FileHashCache = field(default_factory=FileHashCache)
     hash_progress: Callable[[int, int], None] | None = None
@@ -167,6 +168,8 @@ def save_images(images: torch.Tensor, filename_prefix: str, ctx: SaveContext, *,
     captured = store.runs_for(ctx.prompt_id, [(n, graph.signature(n)) for n in ancestors])
 
     host: dict = {"version": ctx.comfyui_version, "node_id": ctx.node_id, "prompt_id": ctx.prompt_id}
+    if ctx.launch is not None:
+        host["launch"] = ctx.launch
     samples, batch_index = None, None
     if latent is not None:
         samples = latent.get("samples")

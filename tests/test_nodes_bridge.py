@@ -7,6 +7,8 @@ The sampling calls mimic the signatures of the guider's outer_sample in ComfyUI 
 tests/comfyui_real.
 """
 
+import argparse
+import enum
 import importlib
 import inspect
 import sys
@@ -40,6 +42,32 @@ class Sampler:
             inpaint_options or {}
 
 
+def attention_pytorch(q, k, v, heads, mask=None):
+    """Named like the attention function ComfyUI picks under --use-pytorch-cross-attention."""
+
+
+class PerformanceFeature(enum.Enum):
+    """Stands for comfy.cli_args.PerformanceFeature, the values --fast takes."""
+
+    Fp16Accumulation = "fp16_accumulation"
+    CublasOps = "cublas_ops"
+
+
+def _launch():
+    """ComfyUI's argument parser as v0.8.0 declares these flags, and the args of one launch."""
+    parser = argparse.ArgumentParser()
+    for flag in ("--cpu", "--fp8_e4m3fn-unet", "--use-pytorch-cross-attention", "--deterministic", "--disable-metadata",
+                 "--listen"):
+        parser.add_argument(flag, action="store_true")
+    parser.add_argument("--fast", nargs="*")
+    args = parser.parse_args(["--cpu", "--fp8_e4m3fn-unet", "--listen"])
+    args.fast = {PerformanceFeature.CublasOps, PerformanceFeature.Fp16Accumulation}
+    return parser, args
+
+
+launch_parser, launch_args = _launch()
+
+
 def stand_in_modules(executing=("prompt-1", "3")) -> dict:
     def module(name, **attrs):
         made = types.ModuleType(name)
@@ -62,7 +90,10 @@ def stand_in_modules(executing=("prompt-1", "3")) -> dict:
         "comfy.sample": module("comfy.sample", prepare_noise=prepare_noise),
         "comfy.samplers": samplers,
         "comfy.utils": module("comfy.utils", PROGRESS_BAR_ENABLED=False),
-        "comfy.cli_args": module("comfy.cli_args", args=types.SimpleNamespace(disable_metadata=False)),
+        "comfy.cli_args": module("comfy.cli_args", args=launch_args, parser=launch_parser),
+        "comfy.ldm": module("comfy.ldm"),
+        "comfy.ldm.modules": module("comfy.ldm.modules"),
+        "comfy.ldm.modules.attention": module("comfy.ldm.modules.attention", optimized_attention=attention_pytorch),
         "comfy.k_diffusion": module("comfy.k_diffusion"),
         "comfy.k_diffusion.sampling": module("comfy.k_diffusion.sampling", sample_euler=sample_euler),
         "folder_paths": module("folder_paths"),
@@ -195,7 +226,8 @@ def test_the_wrapper_passes_everything_through_and_records_by_name(bridge, versi
     assert (record.seed, record.sampler, record.sampler_options, record.cfg, record.guider) == (
         42, "euler", {"s_noise": 1.0}, 7.5, "Guider")
     assert (run.prompt_id, run.node_id, record.steps) == ("prompt-1", "3", 2)
-    assert record.model == {"config": "SimpleNamespace", "model_type": "EPS", "dtype": "float16"}
+    assert record.model == {"config": "SimpleNamespace", "model_type": "EPS", "dtype": "float16",
+                            "manual_cast_dtype": None}
     assert record.latent_shapes == (None if version == "v0364" else [[1, 4, 8, 8]])
     if version == "later":
         assert record.arguments == {"preview_every": 2, "rescale": 0.7} and record.unstored_arguments == ["hooks"]
@@ -275,3 +307,16 @@ def test_the_declared_comfyui_versions_match_the_tested_floor(bridge):
     assert comfy["requires-comfyui"] == f">={bridge.OLDEST_TESTED_COMFYUI}"
     assert bridge.older_than("0.3.10", "0.3.64") and not bridge.older_than("0.8.0", "0.3.64")
     assert not bridge.older_than("0.3.64", "0.3.64") and bridge.older_than("0.2.7", "0.3.64")
+
+
+def test_launch_settings_are_the_numeric_flags_by_their_option_and_the_attention_in_use(bridge):
+    settings = bridge.launch_settings()
+    assert settings == {"args": {"--cpu": True, "--fp8_e4m3fn-unet": True, "--use-pytorch-cross-attention": False,
+                                 "--deterministic": False, "--fast": ["cublas_ops", "fp16_accumulation"]},
+                        "attention": "attention_pytorch"}  # --listen and --disable-metadata change no numbers
+
+
+def test_model_dtypes_read_the_weight_and_the_manual_cast_dtype(bridge):
+    patcher = types.SimpleNamespace(model=types.SimpleNamespace(manual_cast_dtype=torch.bfloat16),
+                                    model_dtype=lambda: torch.float8_e4m3fn)
+    assert bridge.model_dtypes(patcher) == {"dtype": "float8_e4m3fn", "manual_cast_dtype": "bfloat16"}

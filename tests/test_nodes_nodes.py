@@ -42,6 +42,14 @@ class StandInBridge(types.ModuleType):
         self.failures = []
         self.samples = []
         self.sigma_requests = []
+        self.launch = {"args": {"--cpu": True, "--fast": []}, "attention": "attention_pytorch"}
+        self.dtypes = {"dtype": "float32", "manual_cast_dtype": None}
+
+    def launch_settings(self):
+        return json.loads(json.dumps(self.launch))
+
+    def model_dtypes(self, model):
+        return dict(self.dtypes)
 
     def input_dir(self):
         return str(self.root / "input")
@@ -95,7 +103,9 @@ class StandInBridge(types.ModuleType):
         return {"sampler": name, "options": options, "inpaint": inpaint_options}
 
     def sample(self, model, positive, negative, *, noise, sigmas, seed, sampler, cfg, latent_in, denoise_mask):
-        self.samples.append(dict(noise=noise, sigmas=sigmas, seed=seed, sampler=sampler, cfg=cfg, latent_in=latent_in))
+        self.samples.append(dict(noise=noise, sigmas=sigmas, seed=seed, sampler=sampler, cfg=cfg, latent_in=latent_in,
+                                 threads=torch.get_num_threads(),
+                                 deterministic=torch.are_deterministic_algorithms_enabled()))
         return fake_sampling(noise, sigmas, latent_in, cfg)
 
 
@@ -400,3 +410,69 @@ def test_save_node_noise_storage_recipe_loads_the_same_noise(bridge, graph):
     outs = dict(zip(nodes.RaiiafLoad.RETURN_NAMES, nodes.RaiiafLoad().load("small_00002_.raiiaf [output]", 0)["result"],
                     strict=True))
     assert torch.equal(outs["noise"].generate_noise(outs["latent_in"]), noise)
+
+
+def _captured_and_saved(bridge, graph, prefix: str, model: dict) -> str:
+    noise, sigmas = reconstruct_noise([1, 4, 8, 8], 42), torch.linspace(14.6, 0, 5)
+    latent_in = torch.zeros(1, 4, 8, 8)
+    nodes.RaiiafCapture().capture("the model")
+    bridge.context = ("prompt-1", "3")
+    bridge.wrappers[-1](noise=noise, sigmas=sigmas, seed=42, sampler_function=sample_euler_ancestral,
+                        sampler_options={}, inpaint_options={}, cfg=7.0, guider="CFGGuider", denoise_mask=None,
+                        latent_image=latent_in, model=model, output=fake_sampling(noise, sigmas, latent_in, 7.0),
+                        prompt_id="prompt-1", node_id="3")
+    bridge.context = ("prompt-1", "9")
+    output = fake_sampling(noise, sigmas, latent_in, 7.0)
+    nodes.RaiiafSave().save(torch.rand(1, 64, 64, 3), prefix, latent={"samples": output}, prompt=graph,
+                            unique_id="9")
+    return f"{prefix}_00001_.raiiaf [output]"
+
+
+def test_resample_samples_under_the_recorded_threads_and_determinism_and_names_launch_remedies(bridge, graph,
+                                                                                             monkeypatch):
+    threads = torch.get_num_threads()
+    recorded = {**ENV, "torch": {"num_threads": threads + 1}, "determinism": {"deterministic_algorithms": True}}
+    monkeypatch.setattr(rc, "capture_environment", lambda: json.loads(json.dumps(recorded)))
+    bridge.launch = {"args": {"--cpu": True, "--use-pytorch-cross-attention": True, "--fp8_e4m3fn-unet": False,
+                              "--fast": []}, "attention": "attention_pytorch"}
+    file = _captured_and_saved(bridge, graph, "raiiaf/threads", {"config": "SD15", "dtype": "float16"})
+    saved = rc.open(bridge.root / "output" / "raiiaf" / "threads_00001_.raiiaf")
+    assert saved.metadata["host"]["comfyui"]["launch"] == bridge.launch
+    assert saved.metadata["runs"][0]["model"]["dtype"] == "float16"
+
+    # This ComfyUI was started differently, and this process runs other torch settings.
+    bridge.launch = {"args": {"--cpu": True, "--use-pytorch-cross-attention": False, "--fp8_e4m3fn-unet": True,
+                              "--fast": ["fp16_accumulation"]}, "attention": "attention_split"}
+    monkeypatch.setattr(rc, "capture_environment", lambda: {**ENV, "torch": {"num_threads": torch.get_num_threads()},
+                                                            "determinism": {"deterministic_algorithms":
+                                                                            torch.are_deterministic_algorithms_enabled()}})
+    result = nodes.RaiiafResample().resample("the model", "pos", "neg", file, 0)
+    assert (bridge.samples[-1]["threads"], bridge.samples[-1]["deterministic"]) == (threads + 1, True)
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == (threads, False)
+    report = result["ui"]["raiiaf_report"][0]
+    assert result["ui"]["raiiaf_identical"] == [True]
+    assert (f"recreated for this call: torch.num_threads {threads} -> {threads + 1}; "
+            "determinism.deterministic_algorithms False -> True") in report
+    assert "remedy: start ComfyUI with --use-pytorch-cross-attention as the original did" in report
+    assert "remedy: start ComfyUI without --fp8_e4m3fn-unet, as the original was started" in report
+    assert "remedy: start ComfyUI without --fast fp16_accumulation, as the original was started" in report
+    assert ("remedy: the original ComfyUI attended with attention_pytorch, this one with attention_split: start "
+            "ComfyUI with --use-pytorch-cross-attention") in report
+    assert "remedy: the original model's weights were float16, this one's float32" in report
+    assert report.endswith("environment: identical")  # what was recreated no longer differs
+
+    # Load Replay cannot set anything for the sampler downstream: it says what differs and what to do.
+    loaded = nodes.RaiiafLoad().load(file, 0)["ui"]["raiiaf_report"][0]
+    assert "remedy: start ComfyUI with --use-pytorch-cross-attention as the original did" in loaded
+    assert f"[possible] torch.num_threads: {threads + 1} -> {threads}" in loaded
+
+
+def test_a_differing_resample_that_nothing_recorded_explains_says_so(bridge, graph, monkeypatch):
+    file = _captured_and_saved(bridge, graph, "raiiaf/odd", {"config": "SD15", "dtype": "float32"})
+    bridge.sample = lambda model, positive, negative, **kw: fake_sampling(kw["noise"], kw["sigmas"], kw["latent_in"],
+                                                                          kw["cfg"]) + 1e-3
+    result = nodes.RaiiafResample().resample("the model", "pos", "neg", file, 0)
+    report = result["ui"]["raiiaf_report"][0]
+    assert result["ui"]["raiiaf_identical"] == [False]
+    assert "environment: no recorded difference explains this" in report
+    assert "environment: identical" not in report

@@ -133,27 +133,31 @@ def needs_torchvision_shim(python: str = PYTHON) -> bool:
     return probe.returncode != 0 and "torchvision::nms" in probe.stderr
 
 
-def install_custom_nodes(base: Path, python: str) -> None:
-    """custom_nodes/ of a scratch base directory: this repository, and the torchvision stand-in where needed."""
+def install_custom_nodes(base: Path, python: str, extra_nodes=()) -> None:
+    """custom_nodes/ of a scratch base directory: this repository, the torchvision stand-in where needed, and
+    the node packages in extra_nodes (folders)."""
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "raiiaf").symlink_to(REPO, target_is_directory=True)
+    for folder in extra_nodes:
+        (base / "custom_nodes" / Path(folder).name).symlink_to(Path(folder).resolve(), target_is_directory=True)
     if needs_torchvision_shim(python):
         (base / "custom_nodes" / "torchvision_shim").symlink_to(HERE / "torchvision_shim", target_is_directory=True)
 
 
 @contextlib.contextmanager
 def start(base: Path, *, comfy: str | None = COMFY, python: str = PYTHON, extra_args=(),
-          checkpoint: str | None = None, env: dict | None = None):
+          checkpoint: str | None = None, env: dict | None = None, extra_nodes=()):
     """Lay out `base` (an empty directory), start ComfyUI there, yield a `Comfy`; stop it on leaving.
 
     checkpoint: an existing file to link as models/checkpoints/tiny_sd15.safetensors (default:
     RAIIAF_COMFYUI_CHECKPOINT, else one is built with make_checkpoint.py). extra_args go to ComfyUI's main.py,
-    env (variables added to this process's environment) to its process.
+    env (variables added to this process's environment) to its process; extra_nodes are custom node folders
+    installed besides this repository.
     """
     if not comfy:
         raise RuntimeError("no ComfyUI checkout: set RAIIAF_COMFYUI_PATH")
     base = Path(base)
-    install_custom_nodes(base, python)
+    install_custom_nodes(base, python, extra_nodes)
     checkpoints = base / "models" / "checkpoints"
     checkpoints.mkdir(parents=True)
     given = checkpoint or os.environ.get("RAIIAF_COMFYUI_CHECKPOINT")

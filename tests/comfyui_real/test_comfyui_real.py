@@ -384,3 +384,45 @@ def test_a_saveimage_png_imported_with_raiiaf_import_replays_to_its_pixels(comfy
         assert outputs["9"]["raiiaf_identical"] == [None]  # SaveImage kept no latent to compare with
     assert rc.import_png(shared, folder / "back.raiiaf").kind == "raiiaf"
     assert (folder / "back.raiiaf").read_bytes() == (folder / "saveimage.raiiaf").read_bytes()
+
+
+def zeroed_conditioning(graph: dict, encoders: tuple, users: tuple) -> dict:
+    """`graph` with both text encodings zeroed (ConditioningZeroOut), so the conditioning is the same whatever
+    torch settings the text encoder ran under; `users` are the nodes that take positive and negative."""
+    for node, encoder in zip(("30", "31"), encoders, strict=True):
+        graph[node] = {"class_type": "ConditioningZeroOut", "inputs": {"conditioning": [encoder, 0]}}
+    for user in users:
+        graph[user]["inputs"].update(positive=["30", 0], negative=["31", 0])
+    return graph
+
+
+def test_another_thread_count_is_recreated_by_resample_and_the_launch_is_recorded(comfy, tmp_path_factory):
+    """A file made by this server, resampled in a second one of the same ComfyUI that computes with another
+    torch thread count: Raiiaf Resample samples at the recorded count and gives the stored latent, while
+    SamplerCustomAdvanced, which nothing recreates for, samples at this server's count. Resample recreates for
+    its own sampling only: the text encoders run before it, so the conditioning is zeroed on both sides."""
+    graph = zeroed_conditioning(capture_graph("conditions/threads", sampler="euler_ancestral"), ("6", "7"), ("3",))
+    (path,) = saved_files(comfy, comfy.run(graph))
+    art = rc.open(path)
+    launch = art.metadata["host"]["comfyui"]["launch"]
+    assert launch["args"]["--cpu"] is True  # comfyui_server starts every ComfyUI with --cpu
+    assert launch["args"]["--deterministic"] is False and launch["args"]["--fast"] == []
+    assert isinstance(launch["attention"], str) and launch["attention"].startswith("attention_")
+    assert art.metadata["runs"][0]["model"]["dtype"] == "float32"
+    threads = art.environment["torch"]["num_threads"]
+    other = 1 if threads > 1 else 2
+    target = next(t for t in TARGETS if t.version == comfy.version)
+    with start(tmp_path_factory.mktemp(f"comfyui-{target.version}-threads"), comfy=target.comfyui,
+               python=target.python, checkpoint=target.checkpoint, env={"RAIIAF_TEST_TORCH_THREADS": str(other)},
+               extra_nodes=[HERE / "torch_threads"]) as second:
+        name = second.upload(path)
+        replay = zeroed_conditioning(replay_graph(name, "replay/threads", 0), ("3", "4"), ("5", "9"))
+        outputs = second.run(replay)
+        stored = art.load_tensor("latent", framework="torch")
+        report = outputs["9"]["raiiaf_report"][0]
+        assert torch.equal(saved_latent(second, outputs, "21"), stored), report
+        assert outputs["9"]["raiiaf_identical"] == [True], report
+        assert f"recreated for this call: torch.num_threads {other} -> {threads}" in report
+        # Load Replay cannot set the thread count of the sampler downstream: it names the difference.
+        assert f"torch.num_threads: {threads} -> {other}" in outputs["1"]["raiiaf_report"][0]
+        assert not torch.equal(saved_latent(second, outputs, "20"), stored)  # so the thread count matters here
