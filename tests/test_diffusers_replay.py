@@ -6,8 +6,8 @@ what it regenerated; the checks below compare those bytes with what this process
 
 Covered: text-to-image (SD, SDXL with six samplers each, including ancestral and SDE ones; Flux and SD3
 with their flow-matching Euler, deterministic and stochastic), image-to-image and inpainting (the VAE
-samples its input with the generator before the noise is drawn), Flux image-to-image and Kontext,
-PixArt-α (no callback_on_step_end) and the SDXL modular pipeline (no step callback at all); then SD3.5,
+samples its input with the generator before the noise is drawn), Flux image-to-image, inpainting and
+Kontext, PixArt-α and -Σ (no callback_on_step_end) and the SDXL modular pipeline (no step callback at all); then SD3.5,
 Chroma, Qwen-Image (text-to-image and image-to-image), Z-Image (both), Flux.2 [klein], Lumina2 and Sana,
 with flow-matching Euler and, for Qwen-Image, Z-Image img2img and Sana, its stochastic form.
 """
@@ -49,6 +49,7 @@ CASES = [("sd", s) for s in tiny.SCHEDULERS] + [("sdxl", s) for s in tiny.SCHEDU
     ("flux_img2img", "flow_sde"), ("flux_kontext", "default"),
     ("pixart_alpha", "euler_a"),
     ("sdxl_modular", "euler_a"),
+    ("flux_inpaint", "default"), ("pixart_sigma", "default"),
     ("sd35", "default"), ("chroma", "default"),
     ("qwenimage", "default"), ("qwenimage", "flow_sde"), ("qwenimage_img2img", "default"),
     ("zimage", "default"), ("zimage_img2img", "flow_sde"),
@@ -57,7 +58,7 @@ CASES = [("sd", s) for s in tiny.SCHEDULERS] + [("sdxl", s) for s in tiny.SCHEDU
     ("sana", "default"), ("sana", "flow_sde"),
 ]
 # Pipelines whose step loop takes no callback_on_step_end: their files hold no final latents.
-NO_CALLBACK = {"pixart_alpha", "sdxl_modular"}
+NO_CALLBACK = {"pixart_alpha", "pixart_sigma", "sdxl_modular"}
 
 
 def _env():
