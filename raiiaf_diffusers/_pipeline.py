@@ -47,6 +47,12 @@ def has_step_callback(cls) -> bool:
     return names_parameter(cls, "callback_on_step_end")
 
 
+def makes_video(cls) -> bool:
+    """Whether the pipeline generates video (its call takes ``num_frames``, as Wan, LTX, HunyuanVideo do):
+    a .raiiaf holds still images, so such calls are neither recorded nor replayed."""
+    return names_parameter(cls, "num_frames")
+
+
 def execution_device(pipe) -> torch.device:
     # _execution_device walks every module's hooks; on a machine without an accelerator it can only be
     # the CPU, so skip that walk (it is a measurable part of a tiny pipeline's call).
@@ -143,6 +149,6 @@ def model_name(pipe) -> str | None:
     return value if isinstance(value, str) else None
 
 
-__all__ = ["is_modular", "signature", "call_parameters", "names_parameter", "has_step_callback",
+__all__ = ["is_modular", "signature", "call_parameters", "names_parameter", "has_step_callback", "makes_video",
            "execution_device", "class_path", "any_training", "training_components", "components", "model",
            "model_name"]

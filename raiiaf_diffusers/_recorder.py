@@ -82,7 +82,13 @@ def _preparation(cls, noise: torch.Tensor, sampled_shape) -> str | None:
     pack = getattr(cls, "_pack_latents", None)
     if noise.ndim == 4 and len(sampled_shape) == 3 and callable(pack):
         b, c, h, w = noise.shape
-        if tuple(pack(noise, b, c, h, w).shape) == tuple(sampled_shape):
+        try:
+            packed = pack(noise, b, c, h, w)
+        except (TypeError, RuntimeError, ValueError):
+            # another packing convention (Flux.2's takes the latents alone and wants them unpacked in
+            # latents=): replay restores the RNGs and lets the pipeline draw again instead
+            return None
+        if tuple(packed.shape) == tuple(sampled_shape):
             return "pack_latents"  # Flux-style: pass the draw packed, as prepare_latents packs it
     return None
 
@@ -92,6 +98,9 @@ class CallRecorder:
 
     def __init__(self, capture, pipe, original, args, kwargs):
         cls = type(pipe)
+        if _pipeline.makes_video(cls):
+            raise CaptureError(f"{cls.__name__} makes videos (its call takes num_frames); a .raiiaf file holds still "
+                               "images, so this call cannot be recorded")
         self.capture = capture
         self.pipe = pipe
         self.arguments, self.explicit = _bind(pipe, original, args, kwargs)
@@ -213,7 +222,7 @@ class CallRecorder:
             return None
         try:
             return CapturedCall.build(self, pils, raw)
-        except CaptureError as exc:
+        except Exception as exc:  # the caller keeps the images; the file says why it cannot be replayed
             self._failed("while building the record", exc)
             return CapturedCall.build(self, pils, raw)
 

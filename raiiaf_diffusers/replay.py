@@ -299,7 +299,10 @@ def _bound_arguments(record: DiffusersRecord, arguments: dict, batch: int, image
     steps_cap = limits.max_replay_steps
     for name, value in arguments.items():
         where = f"call.arguments.{name}"
-        if isinstance(value, list) and value and all(isinstance(v, str) for v in value) and len(value) > batch:
+        # prompt, prompt_2, negative_prompt...: one per image at most. Other lists of strings are not per image
+        # (Sana's complex_human_instruction is a list of lines prepended to every prompt).
+        if ("prompt" in name and isinstance(value, list) and value and all(isinstance(v, str) for v in value)
+                and len(value) > batch):
             fail(where, f"{len(value)} prompts for a batch of {batch} images")
         if name == "num_images_per_prompt" and value is not None:
             if not _is_int(value) or not 1 <= value <= batch:
@@ -378,6 +381,10 @@ def prepare(pipe, path, overrides: dict, limits: rc.Limits) -> _Plan:
     cls = type(pipe)
     if cls.__name__ != record.pipeline.class_name:
         raise ReplayError(f"{source} was captured with {record.pipeline.class_name}; this pipeline is a {cls.__name__}")
+    if _pipeline.makes_video(cls):
+        # capture refuses video pipelines: a file naming one was not made by it, and nothing here bounds its frames
+        raise ReplayError(f"{source}: {cls.__name__} makes videos (its call takes num_frames); replay supports "
+                          "still-image pipelines only")
     noise = record.noise
     index = _batch_index(md, noise.batch, source)
     stored_image = _stored_image(art, source)

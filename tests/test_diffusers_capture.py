@@ -16,6 +16,7 @@ import raiiaf_core as rc  # noqa: E402
 from raiiaf_diffusers import CaptureError, RaiiafCapture, ReplayError, replay  # noqa: E402
 from raiiaf_diffusers import _hooks, _intercept, tiny  # noqa: E402
 from raiiaf_diffusers._output import png_bytes  # noqa: E402
+from diffusers_edit import rewrite  # noqa: E402
 
 PROMPT = "a painting of a cat"
 # The class's own __call__ before any recording: recording must always put exactly this object back.
@@ -312,6 +313,27 @@ def test_clear_errors_instead_of_incomplete_files(sd, tmp_path):
     with pytest.raises(ReplayError, match="drew no initial noise through randn_tensor"):
         replay(own, capture.paths[0])
     _swaps_restored(sd)
+
+
+def test_video_pipelines_are_refused_before_generating_and_at_replay(sd, tmp_path):
+    # a .raiiaf holds still images: a Wan call (num_frames) is refused before anything is drawn
+    wan = tiny.build("wan")
+    capture = RaiiafCapture(tmp_path / "v.raiiaf")
+    before = torch.get_rng_state()
+    with capture.recording(wan):
+        with pytest.raises(CaptureError, match="WanPipeline makes videos"):
+            wan(prompt=PROMPT, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                callback_on_step_end=capture, **tiny.CALL_ARGS["wan"])
+    assert capture.paths == [] and not list(tmp_path.iterdir())
+    assert torch.equal(torch.get_rng_state(), before)
+    # a file claiming a video pipeline is refused by replay, before any call
+    still = RaiiafCapture(tmp_path / "still.raiiaf")
+    with still.recording(sd):
+        _call(sd, still)
+    claimed = rewrite(still.paths[0], tmp_path / "claimed.raiiaf",
+                      record=lambda rec: rec["pipeline"].update({"class": "WanPipeline"}))
+    with pytest.raises(ReplayError, match="claimed.raiiaf: WanPipeline makes videos"):
+        replay(wan, claimed)
 
 
 def test_file_bytes_are_deterministic(sd, tmp_path):
