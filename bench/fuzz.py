@@ -518,6 +518,11 @@ MUTATORS = [
 ]
 
 
+def warm_up_seeds(seeds: dict) -> list:
+    """The seeds a worker runs before its first input: all of them (they are small and fast)."""
+    return list(seeds.values())
+
+
 def generate(seed: int, index: int, seeds: dict):
     """(mutator name, bytes, Limits fields) of input `index` of the run with this seed."""
     rng = random.Random(f"{seed}:{index}")
@@ -697,7 +702,7 @@ def worker(args) -> int:
     seeds = {p.stem: p.read_bytes() for p in sorted(Path(args.seeds).glob("*.raiiaf"))}
     work = Path(args.work)
     reference = Path(args.seeds) / ("small.raiiaf" if not args.semantic else f"{min(seeds)}.raiiaf")
-    for data in seeds.values():  # warm up: imports and first-call caches are not charged to any input
+    for data in mode.warm_up_seeds(seeds):  # warm up: imports and first-call caches are not charged to any input
         mode.Exercise(work, reference).run(data)
     baseline_rss = _rss_kib()
     tracemalloc.start()
@@ -774,8 +779,9 @@ class Run:
         self.tried += 1
         self.outcomes[msg["outcome"]] = self.outcomes.get(msg["outcome"], 0) + 1
         self.mutators[msg["mutator"]] = self.mutators.get(msg["mutator"], 0) + 1
-        target = msg["mutator"].split(":")[0]  # semantic inputs are named "diffusers:..." or "comfyui:..."
-        self.targets[target] = self.targets.get(target, 0) + 1
+        if self.semantic:  # semantic inputs are named "diffusers:..." or "comfyui:..."
+            target = msg["mutator"].split(":")[0]
+            self.targets[target] = self.targets.get(target, 0) + 1
         where = {"index": msg["done"], "mutator": msg["mutator"], "size": msg["size"]}
         if msg["rss_growth_kib"] > self.worst_rss["rss_growth_kib"]:
             self.worst_rss = {**where, "rss_growth_kib": msg["rss_growth_kib"]}
@@ -873,7 +879,7 @@ class Run:
             "timeout_wall_s": self.wall_timeout,
             "worst_traced_peak": self.worst_peak, "worst_traced_excess_over_2x_input": self.worst_ratio,
             "worker_rss_growth_after_warmup_kib": rss_growth, "worst_input_rss_growth": self.worst_rss,
-            "slowest_input": self.slowest, "inputs_per_target": self.targets,
+            "slowest_input": self.slowest, **({"inputs_per_target": self.targets} if self.semantic else {}),
             "outcomes": dict(sorted(self.outcomes.items(), key=lambda kv: -kv[1])), "mutators": self.mutators,
             "details": {"foreign": self.foreign[:50], "hangs": self.hangs[:50], "crashes": self.crashes[:50],
                         "inconsistent": self.inconsistent[:50], "over_memory": self.over_memory[:50],
@@ -922,7 +928,7 @@ def main(argv=None) -> int:
                              "run them through replay and the node logic too")
     parser.add_argument("--timeout", type=float, default=None,
                         help="CPU seconds one input may take before it is a hang (wall: 6x, at least 60 s); "
-                             "default 10, with --semantic 30")
+                             "default 10, with --semantic 60 (an input there goes through some 25 entry points)")
     parser.add_argument("--json", type=Path, help="also write the summary here")
     parser.add_argument("--replay", type=int, help="run input N of --seed in this process and print what happened")
     parser.add_argument("--save", type=Path, help="with --replay: write the input's bytes here")
@@ -936,7 +942,7 @@ def main(argv=None) -> int:
         return worker(args)
     if args.replay is not None:
         return replay(args.replay, args.seed, args.save, args.semantic)
-    timeout = args.timeout if args.timeout is not None else 30.0 if args.semantic else 10.0
+    timeout = args.timeout if args.timeout is not None else 60.0 if args.semantic else 10.0
     summary = run(args.inputs, args.seed, args.workers, timeout, log=sys.stderr, semantic=args.semantic)
     text = json.dumps(summary, indent=2)
     print(text)

@@ -27,8 +27,8 @@ import json
 import logging
 import math
 import random
-import shutil
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -181,10 +181,13 @@ def hostile_value(rng: random.Random, old, tree):
     """A value for a field that held `old`: same type at an extreme, another type, another size."""
     roll = rng.random()
     if roll < 0.3 and isinstance(old, (int, float)) and not isinstance(old, bool):
-        return rng.choice([old * 10**rng.choice([3, 6, 9, 18]), -old, old + 1, old - 1, 0, -1, 2**31, 2**63, 2**64,
-                           10**30, 10**400 if rng.random() < 0.1 else 10**12, 1e300, -1e300, 5e-324, -0.0,
-                           float(old) + 0.5, int(old) if isinstance(old, float) and math.isfinite(old) else old,
-                           float("nan"), float("inf")])
+        kind = rng.randrange(4)
+        if kind == 0:
+            return rng.choice([0, -1, 2**31, 2**63, 2**64, 10**30, 10**400, 1e300, -1e300, 5e-324, -0.0, float("nan"),
+                               float("inf")])
+        if kind == 1 or isinstance(old, int):
+            return rng.choice([old * 10**rng.choice([3, 6, 9, 18]), -old, old + 1, old - 1])
+        return rng.choice([old * 1e3, -old, old + 0.5, int(old) if math.isfinite(old) else 0])
     if roll < 0.45:
         return rng.choice(TEXTS + [str(old)[:200], str(old) * 2])
     if roll < 0.55:
@@ -317,20 +320,14 @@ def generate(seed: int, index: int, seeds: dict):
             edits.append("tensor-" + mutate_tensors(rng, parts, seeds))
         else:
             edits.append("image-" + mutate_image(rng, parts, seeds))
-    scratch = Path(_scratch()) / "generated.raiiaf"
-    data = parts.write(scratch)
+    with tempfile.TemporaryDirectory(prefix="raiiaf-fuzz-gen-") as folder:
+        data = parts.write(Path(folder) / "generated.raiiaf")
     return f"{target}:{'+'.join(sorted(set(edits)))}", data, {"seed_file": name}
 
 
-_SCRATCH = {}
-
-
-def _scratch() -> str:
-    import tempfile
-
-    if "dir" not in _SCRATCH:
-        _SCRATCH["dir"] = tempfile.mkdtemp(prefix="raiiaf-fuzz-gen-")
-    return _SCRATCH["dir"]
+def warm_up_seeds(seeds: dict) -> list:
+    """One seed per target: enough to import everything and build the pipeline before the first input."""
+    return list({name.split("_")[0]: data for name, data in sorted(seeds.items())}.values())
 
 
 # -- ComfyUI stand-ins: the real comfy_bridge over fake ComfyUI modules -------------------------------------
@@ -464,8 +461,9 @@ class Exercise(fuzz.Exercise):
         if "nodes" not in _STATE:
             # The nodes log each file's drift report as a warning: thousands of them would only fill the log.
             logging.getLogger("raiiaf_nodes").setLevel(logging.ERROR)
-            _STATE["nodes"] = install_comfyui_stand_ins(Path(_scratch()) / "comfyui")
-            _STATE["comfy_root"] = Path(_scratch()) / "comfyui"
+            # In the worker's scratch folder, which the parent removes even when it kills the worker.
+            _STATE["comfy_root"] = work / "comfyui"
+            _STATE["nodes"] = install_comfyui_stand_ins(_STATE["comfy_root"])
         self.nodes = _STATE["nodes"]
 
     def run(self, data: bytes) -> dict:
@@ -519,14 +517,4 @@ class Exercise(fuzz.Exercise):
         return "/".join(outcomes)
 
 
-def warm_up(work: Path, seeds: dict) -> None:
-    """Imports, the pipeline and first-call caches, charged to no input."""
-    for name, data in seeds.items():
-        (work / f"{name}.raiiaf").write_bytes(data)
-        Exercise(work, work / f"{name}.raiiaf").run(data)
-
-
-def clean() -> None:
-    if "dir" in _SCRATCH:
-        shutil.rmtree(_SCRATCH.pop("dir"), ignore_errors=True)
 

@@ -51,7 +51,7 @@ def test_v1_inputs_were_fuzzed(summary):
 
 # -- semantic mode: hostile values in real records, through replay and the node logic ----------------------
 
-SEMANTIC_INPUTS = 12
+SEMANTIC_INPUTS = 8
 
 
 @pytest.fixture(scope="module")
