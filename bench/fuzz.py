@@ -707,6 +707,8 @@ def worker(args) -> int:
     baseline_rss = _rss_kib()
     tracemalloc.start()
     for index in range(args.start, args.inputs, args.stride):
+        if args.deadline is not None and time.time() > args.deadline:
+            break
         proto.write(json.dumps({"start": index}) + "\n")
         try:
             name, data, limits = mode.generate(args.seed, index, seeds)
@@ -735,9 +737,9 @@ class Run:
     """The parent: starts workers, watches every input's time, collects the figures."""
 
     def __init__(self, inputs: int, seed: int, workers: int, timeout: float, seeds_dir: Path, log=None,
-                 semantic: bool = False):
+                 semantic: bool = False, deadline: float | None = None):
         self.inputs, self.seed, self.timeout, self.seeds_dir = inputs, seed, timeout, seeds_dir
-        self.semantic = semantic
+        self.semantic, self.deadline = semantic, deadline
         self.targets: dict = {}
         self.worst_rss = {"rss_growth_kib": 0}
         self.wall_timeout = max(60.0, 6 * timeout)
@@ -763,7 +765,9 @@ class Run:
         proc = subprocess.Popen([sys.executable, "-m", "bench.fuzz", "--worker", "--inputs", str(self.inputs),
                                  "--seed", str(self.seed), "--start", str(start), "--stride", str(self.stride),
                                  "--seeds", str(self.seeds_dir), "--work", work,
-                                 *(["--semantic"] if self.semantic else [])], cwd=REPO, stdout=subprocess.PIPE,
+                                 *(["--semantic"] if self.semantic else []),
+                                 *(["--deadline", str(self.deadline)] if self.deadline else [])],
+                                cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=stderr)
         stderr.close()
         # current: the input being run; next: where the lane goes on; finished: the worker said it was done.
@@ -887,14 +891,17 @@ class Run:
         }
 
 
-def run(inputs: int, seed: int = 1, workers: int = 2, timeout: float = 10.0, log=None, semantic: bool = False) -> dict:
-    """Fuzz `inputs` inputs in `workers` subprocesses and return the summary (see summary())."""
+def run(inputs: int, seed: int = 1, workers: int = 2, timeout: float = 10.0, log=None, semantic: bool = False,
+        minutes: float | None = None) -> dict:
+    """Fuzz `inputs` inputs in `workers` subprocesses and return the summary (see summary()); with `minutes`,
+    no input is started after that much time."""
     with tempfile.TemporaryDirectory(prefix="raiiaf-fuzz-seeds-") as folder:
         folder = Path(folder)
         # Written once here and read by every worker, so all workers mutate exactly the same bytes.
         for name, data in _mode(semantic).make_seeds(folder / "written").items():
             (folder / f"{name}.raiiaf").write_bytes(data)
-        return Run(inputs, seed, workers, timeout, folder, log, semantic).execute()
+        deadline = time.time() + 60 * minutes if minutes else None
+        return Run(inputs, seed, workers, timeout, folder, log, semantic, deadline).execute()
 
 
 def replay(index: int, seed: int, save: Path | None, semantic: bool = False) -> int:
@@ -929,6 +936,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=None,
                         help="CPU seconds one input may take before it is a hang (wall: 6x, at least 60 s); "
                              "default 10, with --semantic 60 (an input there goes through some 25 entry points)")
+    parser.add_argument("--minutes", type=float, help="start no input after this many minutes (from the start)")
     parser.add_argument("--json", type=Path, help="also write the summary here")
     parser.add_argument("--replay", type=int, help="run input N of --seed in this process and print what happened")
     parser.add_argument("--save", type=Path, help="with --replay: write the input's bytes here")
@@ -937,20 +945,22 @@ def main(argv=None) -> int:
     parser.add_argument("--stride", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--seeds", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
     if args.replay is not None:
         return replay(args.replay, args.seed, args.save, args.semantic)
     timeout = args.timeout if args.timeout is not None else 60.0 if args.semantic else 10.0
-    summary = run(args.inputs, args.seed, args.workers, timeout, log=sys.stderr, semantic=args.semantic)
+    summary = run(args.inputs, args.seed, args.workers, timeout, log=sys.stderr, semantic=args.semantic,
+                  minutes=args.minutes)
     text = json.dumps(summary, indent=2)
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
     bad = summary["foreign_exceptions"] or summary["hangs"] or summary["crashes"] or summary["over_memory_target"] \
         or summary["fuzzer_generator_errors"] or summary["inconsistencies"]
-    return 1 if bad or summary["inputs_tried"] < args.inputs else 0
+    return 1 if bad or (summary["inputs_tried"] < args.inputs and not args.minutes) else 0
 
 
 if __name__ == "__main__":

@@ -97,6 +97,17 @@ def make_seeds(folder: Path) -> dict:
     """{name: bytes} of real records: diffusers captures and ComfyUI saves. Deterministic."""
     import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers replay them (see Exercise)
+    try:
+        return _make_seeds(folder)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _make_seeds(folder: Path) -> dict:
+    import torch
+
     folder.mkdir(parents=True, exist_ok=True)
     out1 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     out2 = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4))
@@ -459,6 +470,11 @@ class Exercise(fuzz.Exercise):
             reference = reference.with_name(f"{seed_file}.raiiaf")
         super().__init__(work, reference, limits)
         if "nodes" not in _STATE:
+            import torch
+
+            # One thread, as the seeds were captured: replays can be bit-exact, and the CPU time the parent
+            # measures is the input's own (on a busy machine, torch's idle OpenMP threads spin for many seconds).
+            torch.set_num_threads(1)
             # The nodes log each file's drift report as a warning: thousands of them would only fill the log.
             logging.getLogger("raiiaf_nodes").setLevel(logging.ERROR)
             # In the worker's scratch folder, which the parent removes even when it kills the worker.
