@@ -17,6 +17,9 @@ safetensors allocate as Python objects) against the target of 2 x input size + 6
 RSS after warm-up is reported as well (it also sees Pillow's and torch's own allocations).
 
 One input in five is read under tight rc.Limits, so every limit check is reached from every entry point.
+
+With --semantic, the inputs are real diffusers and ComfyUI records with hostile values instead, and they also
+go through raiiaf_diffusers.replay and the ComfyUI node logic (bench/fuzz_records.py).
 """
 
 from __future__ import annotations

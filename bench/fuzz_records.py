@@ -1,6 +1,6 @@
 """Semantic fuzzing: real diffusers and ComfyUI records with hostile values, every checksum valid.
 
-    python -m bench.fuzz --semantic --inputs 2000 --workers 1     # the run whose figures the README quotes
+    python -m bench.fuzz --semantic --minutes 26 --workers 1      # the run whose figures the README quotes
     python -m bench.fuzz --semantic --replay 17 --seed 1          # one input again, with its traceback
 
 The seeds are real files: captures of a tiny diffusers pipeline (raiiaf_diffusers.tiny + RaiiafCapture) and
