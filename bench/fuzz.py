@@ -17,6 +17,9 @@ safetensors allocate as Python objects) against the target of 2 x input size + 6
 RSS after warm-up is reported as well (it also sees Pillow's and torch's own allocations).
 
 One input in five is read under tight rc.Limits, so every limit check is reached from every entry point.
+
+With --semantic, the inputs are real diffusers and ComfyUI records with hostile values instead, and they also
+go through raiiaf_diffusers.replay and the ComfyUI node logic (bench/fuzz_records.py).
 """
 
 from __future__ import annotations
@@ -519,6 +522,11 @@ MUTATORS = [
 ]
 
 
+def warm_up_seeds(seeds: dict) -> list:
+    """The seeds a worker runs before its first input: all of them (they are small and fast)."""
+    return list(seeds.values())
+
+
 def generate(seed: int, index: int, seeds: dict):
     """(mutator name, bytes, Limits fields) of input `index` of the run with this seed."""
     rng = random.Random(f"{seed}:{index}")
@@ -653,10 +661,39 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _mode(semantic: bool):
+    """This module (byte-level mutations of the format) or bench.fuzz_records (hostile values in real records):
+    each has make_seeds, generate and Exercise."""
+    if not semantic:
+        return sys.modules[__name__]
+    from bench import fuzz_records
+    return fuzz_records
+
+
+_PROC_STATUS = Path("/proc/self/status")
+
+
+def _rss_now_and_peak_kib() -> tuple[int, int] | None:
+    """(resident, peak resident since the last reset) of this process, from /proc; None where not available."""
+    try:
+        text = _PROC_STATUS.read_text()
+        return tuple(int(text.split(f"{key}:")[1].split()[0]) for key in ("VmRSS", "VmHWM"))
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _reset_peak_rss() -> None:
+    # Writing 5 to clear_refs resets VmHWM (Linux >= 4.0), so each input's peak is its own, torch's included.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def worker(args) -> int:
     """Process inputs start, start+stride, ... and report each, as a JSON line, on stdout to the parent."""
     import tracemalloc
     import warnings
+
+    mode = _mode(args.semantic)
 
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     # Anything the libraries write to fd 1 must not corrupt the protocol.
@@ -666,27 +703,34 @@ def worker(args) -> int:
     # The CLI builds its argparse parser on every call: without these, locale and terminal lookups for its help
     # texts would cost more than reading the file.
     os.environ.update(LANGUAGE="C", COLUMNS="100", LINES="50")
-    seeds = {p.stem: p.read_bytes() for p in Path(args.seeds).glob("*.raiiaf")}
+    seeds = {p.stem: p.read_bytes() for p in sorted(Path(args.seeds).glob("*.raiiaf"))}
     work = Path(args.work)
-    reference = Path(args.seeds) / "small.raiiaf"
-    for data in seeds.values():  # warm up: imports and first-call caches are not charged to any input
-        Exercise(work, reference).run(data)
+    reference = Path(args.seeds) / ("small.raiiaf" if not args.semantic else f"{min(seeds)}.raiiaf")
+    for data in mode.warm_up_seeds(seeds):  # warm up: imports and first-call caches are not charged to any input
+        mode.Exercise(work, reference).run(data)
     baseline_rss = _rss_kib()
     tracemalloc.start()
     for index in range(args.start, args.inputs, args.stride):
+        if args.deadline is not None and time.time() > args.deadline:
+            break
         proto.write(json.dumps({"start": index}) + "\n")
         try:
-            name, data, limits = generate(args.seed, index, seeds)
+            name, data, limits = mode.generate(args.seed, index, seeds)
         except Exception:  # a bug in the fuzzer itself: reported apart, and the run goes on
             proto.write(json.dumps({"generator_error": index, "traceback": traceback.format_exc()[-3000:]}) + "\n")
             continue
-        exercise = Exercise(work, reference, limits)
+        exercise = mode.Exercise(work, reference, limits)
         tracemalloc.reset_peak()
         before = tracemalloc.get_traced_memory()[0]
+        _reset_peak_rss()
+        rss_before = _rss_now_and_peak_kib()
         started = time.perf_counter()
         result = exercise.run(data)
         peak = tracemalloc.get_traced_memory()[1] - before
+        rss_after = _rss_now_and_peak_kib()
+        rss_growth = rss_after[1] - rss_before[0] if rss_before and rss_after else 0
         proto.write(json.dumps({"done": index, "mutator": name, "size": len(data), "peak": peak,
+                                "rss_growth_kib": rss_growth,
                                 "seconds": time.perf_counter() - started, "outcome": result["outcome"],
                                 "foreign": exercise.foreign, "inconsistent": exercise.inconsistent}) + "\n")
     proto.write(json.dumps({"finished": True, "baseline_rss_kib": baseline_rss, "peak_rss_kib": _rss_kib()}) + "\n")
@@ -696,8 +740,12 @@ def worker(args) -> int:
 class Run:
     """The parent: starts workers, watches every input's time, collects the figures."""
 
-    def __init__(self, inputs: int, seed: int, workers: int, timeout: float, seeds_dir: Path, log=None):
+    def __init__(self, inputs: int, seed: int, workers: int, timeout: float, seeds_dir: Path, log=None,
+                 semantic: bool = False, deadline: float | None = None):
         self.inputs, self.seed, self.timeout, self.seeds_dir = inputs, seed, timeout, seeds_dir
+        self.semantic, self.deadline = semantic, deadline
+        self.targets: dict = {}
+        self.worst_rss = {"rss_growth_kib": 0}
         self.wall_timeout = max(60.0, 6 * timeout)
         self.log = log
         self.tried = 0
@@ -720,7 +768,10 @@ class Run:
         stderr = open(log, "ab")
         proc = subprocess.Popen([sys.executable, "-m", "bench.fuzz", "--worker", "--inputs", str(self.inputs),
                                  "--seed", str(self.seed), "--start", str(start), "--stride", str(self.stride),
-                                 "--seeds", str(self.seeds_dir), "--work", work], cwd=REPO, stdout=subprocess.PIPE,
+                                 "--seeds", str(self.seeds_dir), "--work", work,
+                                 *(["--semantic"] if self.semantic else []),
+                                 *(["--deadline", str(self.deadline)] if self.deadline else [])],
+                                cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=stderr)
         stderr.close()
         # current: the input being run; next: where the lane goes on; finished: the worker said it was done.
@@ -736,7 +787,12 @@ class Run:
         self.tried += 1
         self.outcomes[msg["outcome"]] = self.outcomes.get(msg["outcome"], 0) + 1
         self.mutators[msg["mutator"]] = self.mutators.get(msg["mutator"], 0) + 1
+        if self.semantic:  # semantic inputs are named "diffusers:..." or "comfyui:..."
+            target = msg["mutator"].split(":")[0]
+            self.targets[target] = self.targets.get(target, 0) + 1
         where = {"index": msg["done"], "mutator": msg["mutator"], "size": msg["size"]}
+        if msg["rss_growth_kib"] > self.worst_rss["rss_growth_kib"]:
+            self.worst_rss = {**where, "rss_growth_kib": msg["rss_growth_kib"]}
         for f in msg["foreign"]:
             self.foreign.append({**where, **f})
         for text in msg["inconsistent"]:
@@ -830,7 +886,8 @@ class Run:
             "over_memory_target": len(self.over_memory), "timeout_cpu_s": self.timeout,
             "timeout_wall_s": self.wall_timeout,
             "worst_traced_peak": self.worst_peak, "worst_traced_excess_over_2x_input": self.worst_ratio,
-            "worker_rss_growth_after_warmup_kib": rss_growth, "slowest_input": self.slowest,
+            "worker_rss_growth_after_warmup_kib": rss_growth, "worst_input_rss_growth": self.worst_rss,
+            "slowest_input": self.slowest, **({"inputs_per_target": self.targets} if self.semantic else {}),
             "outcomes": dict(sorted(self.outcomes.items(), key=lambda kv: -kv[1])), "mutators": self.mutators,
             "details": {"foreign": self.foreign[:50], "hangs": self.hangs[:50], "crashes": self.crashes[:50],
                         "inconsistent": self.inconsistent[:50], "over_memory": self.over_memory[:50],
@@ -838,25 +895,30 @@ class Run:
         }
 
 
-def run(inputs: int, seed: int = 1, workers: int = 2, timeout: float = 10.0, log=None) -> dict:
-    """Fuzz `inputs` inputs in `workers` subprocesses and return the summary (see summary())."""
+def run(inputs: int, seed: int = 1, workers: int = 2, timeout: float = 10.0, log=None, semantic: bool = False,
+        minutes: float | None = None) -> dict:
+    """Fuzz `inputs` inputs in `workers` subprocesses and return the summary (see summary()); with `minutes`,
+    no input is started after that much time."""
     with tempfile.TemporaryDirectory(prefix="raiiaf-fuzz-seeds-") as folder:
         folder = Path(folder)
         # Written once here and read by every worker, so all workers mutate exactly the same bytes.
-        for name, data in make_seeds(folder / "written").items():
+        for name, data in _mode(semantic).make_seeds(folder / "written").items():
             (folder / f"{name}.raiiaf").write_bytes(data)
-        return Run(inputs, seed, workers, timeout, folder, log).execute()
+        deadline = time.time() + 60 * minutes if minutes else None
+        return Run(inputs, seed, workers, timeout, folder, log, semantic, deadline).execute()
 
 
-def replay(index: int, seed: int, save: Path | None) -> int:
+def replay(index: int, seed: int, save: Path | None, semantic: bool = False) -> int:
+    mode = _mode(semantic)
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        seeds = make_seeds(folder / "seeds")
-        name, data, limits = generate(seed, index, seeds)
+        seeds = mode.make_seeds(folder / "seeds")
+        for seed_name, seed_data in seeds.items():
+            (folder / f"{seed_name}.raiiaf").write_bytes(seed_data)
+        name, data, limits = mode.generate(seed, index, seeds)
         if save:
             save.write_bytes(data)
-        (folder / "small.raiiaf").write_bytes(seeds["small"])
-        exercise = Exercise(folder, folder / "small.raiiaf", limits)
+        exercise = mode.Exercise(folder, folder / f"{'small' if not semantic else min(seeds)}.raiiaf", limits)
         result = exercise.run(data)
     print(f"input {index} (seed {seed}): mutator {name}, {len(data)} bytes, limits {limits or 'default'}, "
           f"outcome {result['outcome']}")
@@ -872,8 +934,13 @@ def main(argv=None) -> int:
     parser.add_argument("--inputs", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--timeout", type=float, default=10.0,
-                        help="CPU seconds one input may take before it is a hang (wall: 6x, at least 60 s)")
+    parser.add_argument("--semantic", action="store_true",
+                        help="mutate the values in real diffusers and ComfyUI records (bench/fuzz_records.py) and "
+                             "run them through replay and the node logic too")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="CPU seconds one input may take before it is a hang (wall: 6x, at least 60 s); "
+                             "default 10, with --semantic 60 (an input there goes through some 25 entry points)")
+    parser.add_argument("--minutes", type=float, help="start no input after this many minutes (from the start)")
     parser.add_argument("--json", type=Path, help="also write the summary here")
     parser.add_argument("--replay", type=int, help="run input N of --seed in this process and print what happened")
     parser.add_argument("--save", type=Path, help="with --replay: write the input's bytes here")
@@ -882,19 +949,22 @@ def main(argv=None) -> int:
     parser.add_argument("--stride", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--seeds", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
     if args.replay is not None:
-        return replay(args.replay, args.seed, args.save)
-    summary = run(args.inputs, args.seed, args.workers, args.timeout, log=sys.stderr)
+        return replay(args.replay, args.seed, args.save, args.semantic)
+    timeout = args.timeout if args.timeout is not None else 60.0 if args.semantic else 10.0
+    summary = run(args.inputs, args.seed, args.workers, timeout, log=sys.stderr, semantic=args.semantic,
+                  minutes=args.minutes)
     text = json.dumps(summary, indent=2)
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
     bad = summary["foreign_exceptions"] or summary["hangs"] or summary["crashes"] or summary["over_memory_target"] \
         or summary["fuzzer_generator_errors"] or summary["inconsistencies"]
-    return 1 if bad or summary["inputs_tried"] < args.inputs else 0
+    return 1 if bad or (summary["inputs_tried"] < args.inputs and not args.minutes) else 0
 
 
 if __name__ == "__main__":

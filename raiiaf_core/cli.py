@@ -17,7 +17,8 @@ from .layout import canonical_json
 from .naming import EXTENSION
 from .reader import open_artifact
 from .recipe import STORAGE
-from .report import compare, environment_headline, escape, flatten, format_summary, framework_for, summary, to_json
+from .report import (compare, environment_headline, escape, flatten, format_summary, framework_for, indented, summary,
+                     to_json)
 
 # Every line printed here that holds text from a file (names, values, error messages, which quote both) goes
 # through report.escape or report.to_json: a file must not be able to write to the terminal.
@@ -198,17 +199,11 @@ def _stem(path: Path) -> str:
 
 
 def _json_file_text(value) -> tuple[str, bool]:
-    """(text, indented): the value indented for reading, unless indenting would blow it up: a deeply nested
-    value gains two spaces per level on every line, so kilobytes of JSON could become gigabytes. Past 4x the
-    compact text (plus 1 MiB), the compact canonical text, as stored in the file."""
+    """(text, indented): the value indented for reading, unless indenting would blow it up (report.indented);
+    then the compact canonical text, as stored in the file."""
     compact = canonical_json(value).decode("utf-8")
-    budget, pieces = 4 * len(compact) + (1 << 20), []
-    for piece in json.JSONEncoder(indent=2, sort_keys=True, ensure_ascii=False).iterencode(value):
-        budget -= len(piece)
-        if budget < 0:
-            return compact + "\n", False
-        pieces.append(piece)
-    return "".join(pieces) + "\n", True
+    text = indented(value, compact, sort_keys=True)
+    return (compact + "\n", False) if text is None else (text + "\n", True)
 
 
 def _write_bytes(path: Path, data: bytes) -> Path:

@@ -42,8 +42,25 @@ def _visible(match) -> str:
 
 def to_json(value, indent: int | None = 2) -> str:
     """JSON text for output: non-ASCII text stays readable, characters a terminal could act on become \\uXXXX
-    escapes (json.dumps lets DEL, C1 controls such as U+009B and bidi overrides through)."""
-    return _UNSAFE_IN_JSON.sub(_json_escape, json.dumps(value, indent=indent, ensure_ascii=False, default=str))
+    escapes (json.dumps lets DEL, C1 controls such as U+009B and bidi overrides through). Indented unless
+    indenting would blow the text up (see `indented`): then compact."""
+    compact = json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+    text = compact if indent is None else indented(value, compact, indent=indent, default=str) or compact
+    return _UNSAFE_IN_JSON.sub(_json_escape, text)
+
+
+def indented(value, compact: str, **options) -> str | None:
+    """`value` as indented JSON text, or None where that would be over 4x its `compact` text (plus 1 MiB): a
+    deeply nested value gains the indent once per level on every line, so kilobytes of JSON (a small file's
+    metadata) could become gigabytes. `options` go to json.JSONEncoder."""
+    options = {"indent": 2, "ensure_ascii": False, **options}
+    budget, pieces = 4 * len(compact) + (1 << 20), []
+    for piece in json.JSONEncoder(**options).iterencode(value):
+        budget -= len(piece)
+        if budget < 0:
+            return None
+        pieces.append(piece)
+    return "".join(pieces)
 
 
 def _json_escape(match) -> str:

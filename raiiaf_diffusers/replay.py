@@ -328,6 +328,9 @@ def _bound_arguments(record: DiffusersRecord, arguments: dict, batch: int, image
         elif name == "strength" and value is not None:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
                 fail(where, f"{value!r} is not a strength between 0 and 1")
+        elif name == "output_type" and _output.output_type_of(arguments) != record.output.type:
+            # The output is compared as the record's type says: another type would be read as the wrong kind.
+            fail(where, f"{str(value)[:40]!r} does not give the {record.output.type!r} output the record stores")
 
 
 def _generators(record: DiffusersRecord, load, fail, use_after_noise: bool) -> list:

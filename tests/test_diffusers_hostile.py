@@ -229,6 +229,11 @@ def _edit(files, tmp_path, name, record=None, metadata=None, tensors=None):
     ("arg-type", lambda rec: rec["call"]["arguments"].update(guidance_scale="loud"), "host.diffusers.call.arguments"),
     ("steps-type", lambda rec: rec["call"]["arguments"].update(num_inference_steps="3"),
      "host.diffusers.call.arguments.num_inference_steps"),
+    # found by `python -m bench.fuzz --semantic`: a foreign AttributeError once the pipeline had run
+    ("output-type", lambda rec: rec["call"]["arguments"].update(output_type=False),
+     "host.diffusers.call.arguments.output_type"),
+    ("output-type-np", lambda rec: rec["call"]["arguments"].update(output_type="np"),
+     "host.diffusers.call.arguments.output_type"),
     ("version", lambda rec: rec.update(record_version=99), "record version 99 is newer"),
     ("version-type", lambda rec: rec.update(record_version="2"), "host.diffusers.record_version"),
     ("untracked", lambda rec: rec["rng"].update(untracked=[{"stream": "global", "index": 5, "before": 0}]),

@@ -3,7 +3,8 @@ RaiiafError -- no other exception, no hang, no crash, no memory beyond 2 x input
 
 The long run (`python -m bench.fuzz --inputs 100000`) uses the same generator with another seed; the README
 reports its figures. A failure here prints the input's index: `python -m bench.fuzz --replay N
---seed 20260501` runs it again with its traceback.
+--seed 20260501` runs it again with its traceback. The semantic mode (`--semantic`: hostile values in real
+diffusers and ComfyUI records, through replay and the node logic too) runs a few inputs here the same way.
 """
 
 import json
@@ -46,3 +47,29 @@ def test_v1_inputs_were_fuzzed(summary):
     if not fuzz.V1_FIXTURES.is_dir() or not any(fuzz.V1_FIXTURES.glob("*.raiiaf")):
         pytest.skip("no v1 fixtures in tests/data/v1 to mutate")
     assert summary["mutators"].get("bytes_v1", 0) > 0 and summary["mutators"].get("v1_manifest", 0) > 0
+
+
+# -- semantic mode: hostile values in real records, through replay and the node logic ----------------------
+
+SEMANTIC_INPUTS = 8
+
+
+@pytest.fixture(scope="module")
+def semantic():
+    pytest.importorskip("diffusers")
+    # One worker: the worker builds the tiny pipeline once, and the inputs are cheap next to that.
+    return fuzz.run(SEMANTIC_INPUTS, seed=SEED, workers=1, timeout=60, semantic=True)
+
+
+def test_semantically_mutated_records_end_in_a_result_or_a_raiiaf_error(semantic):
+    problems = {key: semantic[key] for key in ("foreign_exceptions", "hangs", "crashes", "inconsistencies",
+                                               "fuzzer_generator_errors")}
+    assert problems == dict.fromkeys(problems, 0), json.dumps(semantic["details"], indent=1)[:20_000]
+    assert semantic["inputs_tried"] == SEMANTIC_INPUTS
+
+
+def test_the_semantic_run_reached_replay_and_the_nodes(semantic):
+    # Both kinds of record were mutated, and some inputs got past the reader into replay and the node logic.
+    assert set(semantic["inputs_per_target"]) == {"diffusers", "comfyui"}
+    outcomes = " ".join(semantic["outcomes"])
+    assert "loaded" in outcomes and "replay ReplayError" in outcomes

@@ -263,6 +263,14 @@ def _limit_cases(tmp_path, small_file):
     }
     if V1_FIXTURE.exists():
         cases["max_v1_output"] = (V1_FIXTURE, rc.Limits(max_v1_output=100), lambda art: None)
+    if importlib.util.find_spec("torch") is not None:
+        # a noise recipe is made by drawing it, which needs torch; 4x8x8 float32 noise draws 1,024 bytes
+        import torch
+
+        noise = torch.randn([1, 4, 8, 8], generator=torch.Generator().manual_seed(5))
+        recipe = rc.write(tmp_path / "recipe.raiiaf", tensors={"noise": rc.noise_recipe(noise, [{"seed": 5}])},
+                          environment=FIXED_ENV)
+        cases["max_recipe_bytes"] = (recipe, rc.Limits(max_recipe_bytes=1000), lambda art: art.load_tensor("noise"))
     if importlib.util.find_spec("diffusers") is not None:
         # raiiaf_diffusers reads its replay record under Limits.max_replay_steps (its fixture ran 3 steps)
         from raiiaf_diffusers import record
@@ -277,7 +285,8 @@ def test_every_limit_is_named_in_its_error_and_can_be_raised(tmp_path, small_fil
     cases = _limit_cases(tmp_path, small_file)
     # A limit added without a case here would go untested: fail until one is written.
     needs_diffusers = set() if importlib.util.find_spec("diffusers") is not None else {"max_replay_steps"}
-    assert {f.name for f in fields(rc.Limits)} - needs_diffusers == set(cases)
+    needs_torch = set() if importlib.util.find_spec("torch") is not None else {"max_recipe_bytes"}
+    assert {f.name for f in fields(rc.Limits)} - needs_diffusers - needs_torch == set(cases)
     for name, (path, limits, read) in cases.items():
         with pytest.raises(rc.LimitExceededError) as info:
             read(rc.open(path, limits=limits))
