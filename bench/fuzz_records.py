@@ -515,7 +515,9 @@ class Exercise(fuzz.Exercise):
         self.attempt("RaiiafLoad.VALIDATE_INPUTS", lambda: nodes.RaiiafLoad.VALIDATE_INPUTS(file))
         self.attempt("RaiiafLoad.IS_CHANGED", lambda: nodes.RaiiafLoad.IS_CHANGED(file, 0))
         outcomes = []
-        model = types.SimpleNamespace(load_device="cpu", model_options={})
+        # What the nodes read of a ComfyUI ModelPatcher: its device, options, and the model's dtypes.
+        model = types.SimpleNamespace(load_device="cpu", model_options={}, model_dtype=lambda: torch.float32,
+                                      model=types.SimpleNamespace(manual_cast_dtype=None))
         for run in (0, 1, 2):
             ok, loaded = self.attempt(f"RaiiafLoad.load run {run}", lambda: nodes.RaiiafLoad().load(file, run))
             outcomes.append("loaded" if ok else type(loaded).__name__)
