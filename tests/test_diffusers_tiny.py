@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
+diffusers = pytest.importorskip("diffusers")
 
 from raiiaf_diffusers import tiny  # noqa: E402
 
@@ -63,7 +63,10 @@ class Built:
 
 class _Cache(dict):
     def __missing__(self, kind):
-        self[kind] = Built(kind)
+        try:
+            self[kind] = Built(kind)
+        except ImportError as exc:  # a family newer than this diffusers (Flux.2 came after 0.36)
+            pytest.skip(f"{kind} cannot be built with diffusers {diffusers.__version__}: {exc}")
         return self[kind]
 
 
@@ -103,21 +106,30 @@ def test_call_args_give_the_expected_size(built, kind):
     assert torch.isfinite(output).all()
 
 
+def _builds(built, kind) -> bool:
+    try:
+        built[kind]
+    except pytest.skip.Exception:
+        return False
+    return True
+
+
 def test_a_fresh_process_builds_the_same_weights(built):
     script = (
         "import json, sys\n"
         "sys.path.insert(0, sys.argv[1])\n"
         "from test_diffusers_tiny import weights_digest\n"
         "from raiiaf_diffusers import tiny\n"
-        "print(json.dumps({k: weights_digest(tiny.build(k)) for k in sorted(tiny.KINDS)}))\n"
+        "print(json.dumps({k: weights_digest(tiny.build(k)) for k in sys.argv[2:]}))\n"
     )
+    kinds = [kind for kind in KINDS if _builds(built, kind)]
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    done = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent), *kinds], capture_output=True,
+                          text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     fresh = json.loads(done.stdout.strip().splitlines()[-1])
-    assert fresh == {kind: weights_digest(built[kind].first) for kind in KINDS}
+    assert fresh == {kind: weights_digest(built[kind].first) for kind in kinds}
 
 
 def test_input_image_and_mask_are_fixed_numbers():

@@ -21,7 +21,7 @@ PY="$VENV/bin/python"
 if ! "$PY" -c "import diffusers, transformers, sys; sys.exit(diffusers.__version__ != '$DIFFUSERS' or transformers.__version__ != '$TRANSFORMERS')" 2>/dev/null; then
     "$PY" -m pip install -q torch==2.13.0
     "$PY" -m pip install -q "diffusers==$DIFFUSERS" "transformers==$TRANSFORMERS" "torchsde>=0.2.6" numpy safetensors \
-        pillow zstandard pytest hypothesis sentencepiece protobuf -c <(echo "torch==2.13.0")
+        pillow zstandard pytest hypothesis sentencepiece protobuf ftfy -c <(echo "torch==2.13.0")
 fi
 "$PY" -c "import diffusers, transformers, torch; print(f'diffusers {diffusers.__version__}, transformers {transformers.__version__}, torch {torch.__version__}')"
 cd "$ROOT"
