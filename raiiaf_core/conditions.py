@@ -12,6 +12,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
+from .environment import ATTRIBUTE_SWITCHES, FP32_PRECISION_OWNERS, SDPA_SWITCHES, backend
 from .report import escape
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ class Recreation:
 
 def _switches(torch) -> dict:
     """dotted key -> (read, write, is the recorded value acceptable) for every setting recreated."""
-    backends = torch.backends
 
     def attribute(owner, name):
         return (lambda: getattr(owner, name), lambda value: setattr(owner, name, value))
@@ -70,28 +70,16 @@ def _switches(torch) -> dict:
         "determinism.float32_matmul_precision": (torch.get_float32_matmul_precision,
                                                  torch.set_float32_matmul_precision, lambda v: v in _PRECISIONS),
     }
-    for key, owner, name in (("cudnn_deterministic", backends.cudnn, "deterministic"),
-                             ("cudnn_benchmark", backends.cudnn, "benchmark"),
-                             ("cudnn_allow_tf32", backends.cudnn, "allow_tf32"),
-                             ("matmul_allow_tf32", backends.cuda.matmul, "allow_tf32"),
-                             ("matmul_allow_fp16_reduced_precision_reduction", backends.cuda.matmul,
-                              "allow_fp16_reduced_precision_reduction"),
-                             ("matmul_allow_bf16_reduced_precision_reduction", backends.cuda.matmul,
-                              "allow_bf16_reduced_precision_reduction"),
-                             ("mkldnn_enabled", getattr(backends, "mkldnn", None), "enabled")):
+    for key, path, name in ATTRIBUTE_SWITCHES:
+        owner = backend(torch, path)
         if owner is not None and hasattr(owner, name):
             table[f"determinism.{key}"] = (*attribute(owner, name), is_bool)
-    for key, owner in (("fp32_precision", backends), ("matmul_fp32_precision", backends.cuda.matmul),
-                       ("cudnn_fp32_precision", backends.cudnn)):
+    for key, path in FP32_PRECISION_OWNERS:
+        owner = backend(torch, path)
         if isinstance(getattr(owner, "fp32_precision", None), str):  # torch >= 2.9
             table[f"determinism.{key}"] = (*attribute(owner, "fp32_precision"), lambda v: v in _FP32_PRECISIONS)
-    cuda = backends.cuda
-    for key, getter, setter in (("flash", "flash_sdp_enabled", "enable_flash_sdp"),
-                                ("mem_efficient", "mem_efficient_sdp_enabled", "enable_mem_efficient_sdp"),
-                                ("math", "math_sdp_enabled", "enable_math_sdp"),
-                                ("cudnn", "cudnn_sdp_enabled", "enable_cudnn_sdp"),
-                                ("math_fp16_bf16_reduction", "fp16_bf16_reduction_math_sdp_allowed",
-                                 "allow_fp16_bf16_reduction_math_sdp")):
+    cuda = torch.backends.cuda
+    for key, getter, setter in SDPA_SWITCHES:
         if hasattr(cuda, getter) and hasattr(cuda, setter):
             table[f"sdpa.{key}"] = (getattr(cuda, getter), getattr(cuda, setter), is_bool)
     return table

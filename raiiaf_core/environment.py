@@ -147,39 +147,54 @@ def _build(torch) -> dict:
     return settings
 
 
+# The torch settings that change numbers and that a process can set: capture_environment records each, and
+# conditions.recreated sets each again for a replayed call. One table for both.
+# ("determinism" key, owner's path under torch.backends, attribute)
+ATTRIBUTE_SWITCHES = (
+    ("cudnn_deterministic", "cudnn", "deterministic"),
+    ("cudnn_benchmark", "cudnn", "benchmark"),
+    ("cudnn_allow_tf32", "cudnn", "allow_tf32"),
+    ("matmul_allow_tf32", "cuda.matmul", "allow_tf32"),
+    ("matmul_allow_fp16_reduced_precision_reduction", "cuda.matmul", "allow_fp16_reduced_precision_reduction"),
+    ("matmul_allow_bf16_reduced_precision_reduction", "cuda.matmul", "allow_bf16_reduced_precision_reduction"),
+    ("mkldnn_enabled", "mkldnn", "enabled"),
+)
+# ("determinism" key, owner's path under torch.backends ("" for torch.backends)) of each fp32_precision, which
+# exists from torch 2.9 on; older builds simply lack these keys.
+FP32_PRECISION_OWNERS = (("fp32_precision", ""), ("matmul_fp32_precision", "cuda.matmul"),
+                         ("cudnn_fp32_precision", "cudnn"))
+# ("sdpa" key, getter, setter) in torch.backends.cuda: which scaled_dot_product_attention backends torch may pick.
+SDPA_SWITCHES = (
+    ("flash", "flash_sdp_enabled", "enable_flash_sdp"),
+    ("mem_efficient", "mem_efficient_sdp_enabled", "enable_mem_efficient_sdp"),
+    ("math", "math_sdp_enabled", "enable_math_sdp"),
+    ("cudnn", "cudnn_sdp_enabled", "enable_cudnn_sdp"),
+    ("math_fp16_bf16_reduction", "fp16_bf16_reduction_math_sdp_allowed", "allow_fp16_bf16_reduction_math_sdp"),
+)
+
+
+def backend(torch, path: str):
+    """The object at `path` under torch.backends ("cuda.matmul"), or None where this torch has none."""
+    owner = torch.backends
+    for part in filter(None, path.split(".")):
+        owner = getattr(owner, part, None)
+    return owner
+
+
 def _sdpa(torch) -> dict:
-    """Which scaled_dot_product_attention backends torch may pick (flash, memory-efficient, math, cuDNN)."""
     cuda = torch.backends.cuda
-    switches = {}
-    for key, getter in (("flash", "flash_sdp_enabled"), ("mem_efficient", "mem_efficient_sdp_enabled"),
-                        ("math", "math_sdp_enabled"), ("cudnn", "cudnn_sdp_enabled"),
-                        ("math_fp16_bf16_reduction", "fp16_bf16_reduction_math_sdp_allowed")):
-        function = getattr(cuda, getter, None)
-        if function is not None:
-            switches[key] = bool(function())
-    return switches
+    return {key: bool(getattr(cuda, getter)()) for key, getter, _ in SDPA_SWITCHES if hasattr(cuda, getter)}
 
 
 def _determinism(torch) -> dict:
-    backends = torch.backends
-    switches = {
-        "cudnn_deterministic": bool(backends.cudnn.deterministic),
-        "cudnn_benchmark": bool(backends.cudnn.benchmark),
-        "cudnn_allow_tf32": bool(backends.cudnn.allow_tf32),
-        "matmul_allow_tf32": bool(backends.cuda.matmul.allow_tf32),
-        "matmul_allow_fp16_reduced_precision_reduction": bool(
-            backends.cuda.matmul.allow_fp16_reduced_precision_reduction),
-        "matmul_allow_bf16_reduced_precision_reduction": bool(
-            backends.cuda.matmul.allow_bf16_reduced_precision_reduction),
+    switches = {key: bool(getattr(backend(torch, path), name, False)) for key, path, name in ATTRIBUTE_SWITCHES}
+    switches.update({
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "deterministic_algorithms_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "mkldnn_enabled": bool(getattr(getattr(backends, "mkldnn", None), "enabled", False)),
-    }
-    # fp32_precision exists from torch 2.9 on; older builds simply lack these keys.
-    for key, owner in (("fp32_precision", backends), ("matmul_fp32_precision", backends.cuda.matmul),
-                       ("cudnn_fp32_precision", backends.cudnn)):
-        value = getattr(owner, "fp32_precision", None)
+    })
+    for key, path in FP32_PRECISION_OWNERS:
+        value = getattr(backend(torch, path), "fp32_precision", None)
         if isinstance(value, str):
             switches[key] = value
     return switches
