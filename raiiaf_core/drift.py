@@ -92,6 +92,16 @@ class DriftReport:
         """Each difference's remedy once, most consequential first."""
         return list(dict.fromkeys(d.remedy for d in self.differences if d.remedy))
 
+    def lines(self, unexplained: bool = False) -> list:
+        """The report as lines; `unexplained`: a replay differed and nothing else recorded (remedies, notes)
+        accounts for it, which is said instead of "identical" (the differences, all unlikely ones, follow)."""
+        if not unexplained:
+            return [str(self)]
+        said = ["environment: no recorded difference explains this: every setting raiiaf records is the same (or "
+                "was recreated), so something it cannot read differs (a library loaded at run time, the CPU or GPU "
+                "microcode, or the model weights when the file holds no hashes)"]
+        return said + [str(self)] if self.differences else said
+
     def to_dict(self) -> dict:
         return {"can_change_output": self.can_change_output, "differences": [asdict(d) for d in self.differences],
                 "remedies": self.remedies}

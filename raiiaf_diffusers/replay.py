@@ -130,14 +130,7 @@ class ReplayResult:
         lines += self.recreated
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"remedy: {r}" for r in self.remedies]
-        if self.unexplained:
-            lines.append("environment: no recorded difference explains this: every setting raiiaf records is the "
-                         "same (or was recreated), so something it cannot read differs (a library loaded at run "
-                         "time, the CPU or GPU microcode, or the model weights when the file holds no hashes)")
-            if self.drift.differences:
-                lines.append(str(self.drift))
-        else:
-            lines.append(str(self.drift))
+        lines += self.drift.lines(unexplained=self.unexplained)
         return "\n".join(lines)
 
     __str__ = report

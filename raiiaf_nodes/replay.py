@@ -195,13 +195,7 @@ def drift_report(art: rc.Artifact, *, current: dict | None = None, launch_now: d
     stored = _comfyui_host(art.metadata, art.name).get("launch")
     fixes = [*remedies, *launch.remedies(stored, launch_now)]
     lines = [f"remedy: {escape(r)}" for r in fixes]
-    if identical is False and not fixes and not report.explains_a_difference:
-        lines.append("environment: no recorded difference explains this: every setting raiiaf records is the same "
-                     "(or was recreated), so something it cannot read differs")
-        if report.differences:
-            lines.append(str(report))
-    else:
-        lines.append(str(report))
+    lines += report.lines(unexplained=identical is False and not fixes and not report.explains_a_difference)
     text = "\n".join(lines)
     level = logging.WARNING if report.can_change_output or fixes else logging.INFO
     log.log(level, "raiiaf: replaying %s\n%s", art.name, text)
