@@ -224,7 +224,12 @@ class CallRecorder:
             return CapturedCall.build(self, pils, raw)
         except Exception as exc:  # the caller keeps the images; the file says why it cannot be replayed
             self._failed("while building the record", exc)
+        try:
             return CapturedCall.build(self, pils, raw)
+        except Exception as exc:  # not even a not-replayable record: the images are still the caller's
+            logger.error("raiiaf_diffusers: could not build a record of this %s call (%s: %s); nothing was written "
+                         "for it", type(self.pipe).__name__, type(exc).__name__, exc)
+            return None
 
 
 __all__ = ["CallRecorder", "NOT_RECORDED", "generators_of"]
