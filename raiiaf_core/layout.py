@@ -195,7 +195,7 @@ def decode_json(data: bytes, what: str, source: str, limits: Limits):
         raise CorruptFileError(f"{source}: {what} is not valid JSON ({type(exc).__name__})") from None
     limit = limits.max_json_depth
     # The bound nesting_depth starts with, tested here first: it settles almost every file without a call.
-    if len(data.translate(None, _NOT_OPENING)) > limit and nesting_depth(data, value, limit) > limit:
+    if _more_openings_than(data, limit) and nesting_depth(data, value, limit) > limit:
         raise LimitExceededError(f"{source}: {what} nests deeper than Limits.max_json_depth={limit}")
     # A "\udXXX" escape may parse to a lone surrogate, which no UTF-8 text can hold: refuse it here rather than
     # fail wherever the value is printed or saved later. Checked only when such an escape appears at all.
@@ -207,10 +207,21 @@ def decode_json(data: bytes, what: str, source: str, limits: Limits):
     return value
 
 
+def _more_openings_than(text: bytes, limit: int) -> bool:
+    """Whether `text` holds more than `limit` opening brackets (of either kind), brackets in strings included.
+
+    No container nests deeper than there are brackets opening one. Counted by bytes.replace with a count, whose
+    search is memchr: it stops once `limit` + 1 are found and costs about half what a translate over the text
+    does (this runs on every metadata read). Braces become brackets first, then up to `limit` + 1 brackets are
+    deleted: more than `limit` are deleted exactly when the text has more than `limit` openings.
+    """
+    bound = limit + 1
+    return len(text) - len(text.replace(b"{", b"[", bound).replace(b"[", b"", bound)) > limit
+
+
 # Deletes every byte but brackets and quotes, and maps braces to brackets (both are just containers here).
 _BRACKETS = bytes.maketrans(b"{}", b"[]")
 _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
-_NOT_OPENING = bytes(b for b in range(256) if b not in b"[{")
 
 
 def nesting_depth(text: bytes, value, limit: int) -> int:
@@ -220,7 +231,7 @@ def nesting_depth(text: bytes, value, limit: int) -> int:
     valid JSON once everything but brackets and quotes is deleted is its structure, provided no string holds
     a bracket. Each pass of replace("[]") then removes exactly the innermost containers.
     """
-    if len(text.translate(None, _NOT_OPENING)) <= limit:
+    if not _more_openings_than(text, limit):
         return 0  # cannot nest deeper than it has opening brackets; the exact figure is not needed
     if b"\\" in text:  # escaped backslashes, then escaped quotes: the quotes left delimit strings
         text = text.replace(b"\\\\", b"").replace(b'\\"', b"")

@@ -118,6 +118,15 @@ def test_nesting_depth_from_the_text_is_the_depth_of_the_value(value, wrap, limi
             assert got == true_depth
 
 
+@settings(max_examples=300, deadline=None)
+@given(text=st.binary(max_size=64) | st.text(alphabet="[{]}a", max_size=64).map(str.encode),
+       limit=st.integers(-1, 70))
+def test_the_bound_on_nesting_counts_opening_brackets_exactly(text, limit):
+    # What every metadata read tests first (by bytes.replace with a count): wrong either way, it would let a
+    # nesting bomb through or refuse a file for nothing.
+    assert layout._more_openings_than(text, limit) == (text.count(b"[") + text.count(b"{") > limit)
+
+
 def test_a_v1_manifest_inflating_past_the_json_limit_is_refused_before_decoding():
     header, chunk_bytes, manifest = v1_parts(V1_FIXTURE.read_bytes())
     manifest["raiiaf_metadata"]["model_info"]["prompt"] = "x" * (20 * MIB)
