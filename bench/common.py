@@ -34,13 +34,15 @@ class Spread:
 
 def time_once(fn, count: int = 1) -> float:
     """Seconds per call of fn() over `count` back-to-back calls (batched so tiny calls rise above timer noise)."""
-    return _measure(fn, count)[0]
+    return measure(fn, count)[0]
 
 
-def _measure(fn, count: int) -> tuple:
-    """(wall seconds, process CPU seconds) per call of fn()."""
+def measure(fn, count: int = 1, collect: bool = True) -> tuple:
+    """(wall seconds, process CPU seconds) per call of fn(); `collect=False` for a caller that collects itself
+    (a full collection costs more than a short call)."""
     # A collection landing inside one side of a comparison would be charged to that side only.
-    gc.collect()
+    if collect:
+        gc.collect()
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(count):
         fn()
@@ -68,11 +70,11 @@ def paired(baseline, candidate, repeats: int, count: int = 1, warmup: int = 1) -
     base, cand = [], []
     for i in range(repeats):
         if i % 2:
-            c = _measure(candidate, count)
-            b = _measure(baseline, count)
+            c = measure(candidate, count)
+            b = measure(baseline, count)
         else:
-            b = _measure(baseline, count)
-            c = _measure(candidate, count)
+            b = measure(baseline, count)
+            c = measure(candidate, count)
         base.append(b)
         cand.append(c)
     return Comparison(Spread.of(b[0] for b in base), Spread.of(c[0] for c in cand),
