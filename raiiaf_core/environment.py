@@ -51,7 +51,7 @@ def _static_environment() -> dict:
             "git_version": getattr(torch.version, "git_version", None),
             # The instruction set torch's CPU kernels were dispatched for (AVX2 and AVX512 kernels round
             # differently); ATEN_CPU_CAPABILITY lowers it.
-            "cpu_capability": _cpu_capability(torch),
+            "cpu_capability": cpu_capability(torch),
             **_build(torch),
         }
         env["gpu"] = _gpus(torch)
@@ -120,7 +120,8 @@ def _nvidia_driver():
         return None
 
 
-def _cpu_capability(torch):
+def cpu_capability(torch):
+    """torch's CPU kernel level (AVX512, AVX2, DEFAULT, ...), or None for a torch that cannot say."""
     getter = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
     return getter() if getter is not None else None
 

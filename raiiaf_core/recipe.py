@@ -3,7 +3,8 @@
 Initial noise is most of a file's size beyond its image (256 KiB at 1024x1024), yet it is usually drawn by a
 CPU generator from a seed or a state the file records anyway. A recipe stores that instead of the tensor;
 reading the tensor draws it again and checks its sha256, so load_tensor returns the same bits or raises
-RecipeMismatchError (a torch that draws differently). Only torch needs importing, and only on a draw.
+RecipeMismatchError (a torch, or a CPU kernel level, that draws differently). Only torch needs importing, and
+only on a draw.
 
 The three ways of drawing a recipe can describe (docs/FORMAT.md, "Noise recipes"):
 - one generator, no batch_index: `torch.randn(shape, generator=g)` (ComfyUI's KSampler noise, diffusers' noise
@@ -16,7 +17,10 @@ A generator is `{"seed": n}` (`torch.Generator("cpu").manual_seed(n)`) or `{"sta
 stored as the file's raw tensor `name` (diffusers files store each generator's state at the start of a call).
 
 A writer makes a recipe only by drawing it and finding the tensor it replaces (`make`, `compact`): a recipe in
-a file is one that reproduced its noise once, with the torch it names.
+a file is one that reproduced its noise once, with the torch and at the CPU kernel level it names. The level
+can matter as much as the version: torch draws contiguous float32 noise with AVX2 code at the AVX2 and AVX-512
+levels and with scalar code at DEFAULT (a CPU without AVX2, or ATEN_CPU_CAPABILITY=default), so one torch and
+one seed give other bits there.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import logging
 from typing import NamedTuple
 
+from .environment import cpu_capability
 from .errors import CorruptFileError, MissingDependencyError, RecipeMismatchError, TensorError
 from .tensors import is_torch_tensor, tensor_sha256
 
@@ -35,7 +40,7 @@ MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's range (ComfyUI seeds go to
 MAX_BATCH_INDEX = 1 << 16  # each index below the largest costs one draw; bounds the time a file can ask for
 
 
-_FIELDS = {"generators", "sha256", "torch", "batch_index"}
+_FIELDS = {"generators", "sha256", "torch", "cpu_capability", "batch_index"}
 
 
 class NoiseRecipe(NamedTuple):
@@ -47,6 +52,7 @@ class NoiseRecipe(NamedTuple):
     batch_index: tuple | None
     sha256: str
     torch_version: str  # the torch that drew it when the recipe was made
+    cpu_capability: str | None = None  # torch's CPU kernel level then; None from a writer that did not record it
 
     @property
     def states(self) -> tuple:
@@ -56,6 +62,8 @@ class NoiseRecipe(NamedTuple):
     def to_json(self) -> dict:
         out = {"generators": [{kind: value} for kind, value in self.generators], "sha256": self.sha256,
                "torch": self.torch_version}
+        if self.cpu_capability is not None:
+            out["cpu_capability"] = self.cpu_capability
         if self.batch_index is not None:
             out["batch_index"] = list(self.batch_index)
         return out
@@ -100,7 +108,10 @@ def from_json(value, shape: tuple, dtype: str, where: str) -> NoiseRecipe:
         fail("sha256", "is not a sha256 in hex")
     if type(version) is not str or not version or len(version) > 100:
         fail("torch", "is not a torch version")
-    return NoiseRecipe(tuple(shape), dtype, tuple(generators), batch_index, sha256, version)
+    level = value.get("cpu_capability")
+    if level is not None and (type(level) is not str or not level.isalnum() or len(level) > 40):
+        fail("cpu_capability", "is not a CPU kernel level's name (AVX512, AVX2, DEFAULT, ...)")
+    return NoiseRecipe(tuple(shape), dtype, tuple(generators), batch_index, sha256, version, level)
 
 
 def _torch(where: str):
@@ -147,14 +158,33 @@ def checked_draw(recipe: NoiseRecipe, states: dict, where: str):
     """draw(), then its sha256 against the recipe's: the same bits, or RecipeMismatchError."""
     tensor = draw(recipe, states, where)
     if tensor_sha256(tensor) != recipe.sha256:
-        recorded, running = recipe.torch_version, str(_torch(where).__version__)
-        why = ("the same torch: the recipe or its generator state was altered" if running == recorded else
-               "this torch draws differently: load it with that version, or convert the file to raw noise there "
-               "(`raiiaf convert --noise raw`)")
+        torch = _torch(where)
         raise RecipeMismatchError(f"{where}: drawing the noise from its recipe did not give the stored noise (sha256 "
-                                  f"differs); the recipe was made with torch {recorded}, this is torch {running} "
-                                  f"({why}); everything else in the file reads as usual")
+                                  f"differs); {_why_it_differs(recipe, str(torch.__version__), cpu_capability(torch))}; "
+                                  "everything else in the file reads as usual")
     return tensor
+
+
+def _why_it_differs(recipe: NoiseRecipe, version: str, level: str | None) -> str:
+    """What differs between the torch that made the recipe and this one, and what to do about it."""
+    made = f"the recipe was made with torch {recipe.torch_version}"
+    if recipe.cpu_capability is not None:
+        made += f" at CPU kernel level {recipe.cpu_capability}"
+    here = f"this is torch {version}" + (f" at {level}" if level else "")
+    causes = []
+    if version != recipe.torch_version:
+        causes.append("this torch draws differently: load it with that version")
+    if recipe.cpu_capability is not None and level is not None and recipe.cpu_capability != level:
+        causes.append("torch can draw differently at another CPU kernel level: load it in a process started with "
+                      f"ATEN_CPU_CAPABILITY={recipe.cpu_capability.lower()}, where this CPU runs that level")
+    if not causes:
+        if recipe.cpu_capability is not None and recipe.cpu_capability == level:
+            return f"{made}, {here} (the same torch and kernel level: the recipe or its generator state was altered)"
+        causes.append("the same torch, but which CPU kernel level drew it is not known, and torch draws differently "
+                      "at some levels: the file may come from another kind of CPU, or the recipe or its generator "
+                      "state was altered")
+    return f"{made}, {here} ({'; '.join(causes)}; or convert the file to raw noise where it was made: " \
+           "`raiiaf convert --noise raw`)"
 
 
 def make(noise, generators, batch_index=None, states=None, where: str = "noise") -> NoiseRecipe:
@@ -162,8 +192,12 @@ def make(noise, generators, batch_index=None, states=None, where: str = "noise")
     {"state": name}; `states` maps each name to its uint8 state tensor), checked by drawing it: raises
     RecipeMismatchError when the draw is not `noise` bit for bit, TensorError when no recipe can hold it."""
     dtype = str(noise.dtype).removeprefix("torch.")  # torch's and numpy's names agree
-    spec = {"generators": list(generators), "sha256": tensor_sha256(noise), "torch": str(_torch(where).__version__),
+    torch = _torch(where)
+    spec = {"generators": list(generators), "sha256": tensor_sha256(noise), "torch": str(torch.__version__),
             "batch_index": None if batch_index is None else [int(i) for i in batch_index]}
+    level = cpu_capability(torch)
+    if level is not None:
+        spec["cpu_capability"] = level
     try:
         recipe = from_json(spec, tuple(int(d) for d in noise.shape), dtype, where)
     except CorruptFileError as exc:

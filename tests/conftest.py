@@ -10,6 +10,11 @@ import raiiaf_core as rc
 FIXED_ENV = {"schema_version": 1, "python": {"version": "3.11.7"}, "torch": {"version": "2.13.0+cpu"}}
 
 
+# torch's CPU kernel level -> the ATEN_CPU_CAPABILITY value of the level below it, which the same CPU runs too.
+# torch rounds some kernels differently there; from AVX2 to DEFAULT it also draws float32 noise with other code.
+LOWER_CPU_LEVEL = {"AVX512": "avx2", "AVX2": "default"}
+
+
 def png_bytes(width=16, height=16, seed=0) -> bytes:
     rng = np.random.default_rng(seed)
     buffer = io.BytesIO()

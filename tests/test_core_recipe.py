@@ -107,8 +107,12 @@ def test_an_altered_recipe_or_a_torch_drawing_differently_raises_and_the_rest_st
     def reseed(value):
         value["generators"] = [{"seed": 6}]
 
+    level = torch.backends.cpu.get_cpu_capability()
+    assert json.loads(rc.open(path).chunk_bytes(next(e for e in rc.open(path).chunks if e.type == "tensor_recipe"))
+                      )["cpu_capability"] == level
     forged = rc.open(_rewritten(path, tmp_path / "b.raiiaf", reseed))
-    same = f"made with torch {torch.__version__}, this is torch {torch.__version__} (the same torch"
+    same = (f"made with torch {torch.__version__} at CPU kernel level {level}, this is torch {torch.__version__} at "
+            f"{level} (the same torch and kernel level: the recipe or its generator state was altered)")
     with pytest.raises(rc.RecipeMismatchError, match=re.escape(same)):
         forged.load_tensor("run0.noise")
     with pytest.raises(rc.RecipeMismatchError):
@@ -120,9 +124,26 @@ def test_an_altered_recipe_or_a_torch_drawing_differently_raises_and_the_rest_st
         value["generators"] = [{"seed": 6}]
 
     other = rc.open(_rewritten(path, tmp_path / "c.raiiaf", other_torch))
-    other_message = f"made with torch 1.99.0, this is torch {torch.__version__}"
+    other_message = f"made with torch 1.99.0 at CPU kernel level {level}, this is torch {torch.__version__}"
     with pytest.raises(rc.RecipeMismatchError, match=re.escape(other_message)):
         other.load_tensor("run0.noise", "torch")
+
+    def other_level(value):  # a recipe from a CPU running another kernel level, which drew differently
+        value["cpu_capability"] = "DEFAULT" if level != "DEFAULT" else "AVX2"
+        value["generators"] = [{"seed": 6}]
+
+    with pytest.raises(rc.RecipeMismatchError, match=re.escape(
+            "torch can draw differently at another CPU kernel level: load it in a process started with "
+            f"ATEN_CPU_CAPABILITY={'default' if level != 'DEFAULT' else 'avx2'}, where this CPU runs that level; or "
+            "convert the file to raw noise where it was made")):
+        rc.open(_rewritten(path, tmp_path / "g.raiiaf", other_level)).load_tensor("run0.noise")
+
+    def older_writer(value):  # a recipe from before the kernel level was recorded: the cause is not known
+        del value["cpu_capability"]
+        value["generators"] = [{"seed": 6}]
+
+    with pytest.raises(rc.RecipeMismatchError, match="the same torch, but which CPU kernel level drew it is not known"):
+        rc.open(_rewritten(path, tmp_path / "f.raiiaf", older_writer)).load_tensor("run0.noise")
 
     def huge(value):
         value["batch_index"] = [70_000]
@@ -135,6 +156,66 @@ def test_an_altered_recipe_or_a_torch_drawing_differently_raises_and_the_rest_st
     (tmp_path / "e.raiiaf").write_bytes(bytes(data))
     with pytest.raises(rc.CorruptFileError, match="tensor_recipe chunk 'run0.noise' is damaged"):
         rc.open(tmp_path / "e.raiiaf").load_tensor("run0.noise")
+
+
+MAKE_AT_LEVEL = """
+import sys, torch
+import raiiaf_core as rc
+from raiiaf_core import recipe
+noise = torch.randn([1, 4, 64, 64], generator=torch.Generator().manual_seed(77))
+meta = {"runs": [{"source": "captured", "seed": 77, "noise": "run0.noise"}], "seed": 77,
+        "noise": {"tensor": "run0.noise", "source": "captured"}}
+tensors, kept = recipe.compact({"run0.noise": noise}, meta)
+assert not kept, kept
+rc.write(sys.argv[1], tensors=tensors, metadata=meta, environment={"schema_version": 1})
+rc.write(sys.argv[2], tensors={"run0.noise": noise}, metadata=meta, environment={"schema_version": 1})
+"""
+
+LOAD_AT_LEVEL = """
+import sys, torch
+import raiiaf_core as rc
+drawn = rc.open(sys.argv[1]).load_tensor("run0.noise", "torch")
+print("EQUAL" if torch.equal(drawn, rc.open(sys.argv[2]).load_tensor("run0.noise", "torch")) else "DIFFERENT")
+"""
+
+
+def _python(code, *args, **env):
+    import os
+
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_recipe_drawn_at_another_cpu_kernel_level_names_the_level_and_its_remedy_works(tmp_path):
+    """torch can draw float32 noise with other code at another CPU kernel level (AVX2 code at AVX2 and AVX-512,
+    scalar code at DEFAULT), so a recipe from a CPU of another kind can mismatch with the same torch: the error
+    must say so, not call the file altered, and its remedy must give the noise back. On an AVX-512 CPU the file
+    is made at AVX2, which draws the same noise: the test then checks that it loads."""
+    from conftest import LOWER_CPU_LEVEL
+
+    own = torch.backends.cpu.get_cpu_capability()
+    if own not in LOWER_CPU_LEVEL:
+        pytest.skip(f"this CPU runs torch's {own} kernels: no lower kernel level to make the file at")
+    lower = LOWER_CPU_LEVEL[own]
+    compact, raw = tmp_path / "compact.raiiaf", tmp_path / "raw.raiiaf"
+    _python(MAKE_AT_LEVEL, compact, raw, ATEN_CPU_CAPABILITY=lower)
+    art = rc.open(compact)
+    assert art.tensor_stored_as("run0.noise") == "tensor_recipe"
+    made_there = rc.open(raw).load_tensor("run0.noise", "torch")
+    if torch.equal(made_there, torch.randn([1, 4, 64, 64], generator=torch.Generator().manual_seed(77))):
+        assert own == "AVX512"  # AVX-512 and AVX2 draw alike; DEFAULT and AVX2 do not
+        assert torch.equal(art.load_tensor("run0.noise", "torch"), made_there)
+        return
+    expected = (f"at CPU kernel level {lower.upper()}, this is torch {torch.__version__} at {own} (torch can draw "
+                f"differently at another CPU kernel level: load it in a process started with "
+                f"ATEN_CPU_CAPABILITY={lower}, where this CPU runs that level")
+    with pytest.raises(rc.RecipeMismatchError, match=re.escape(expected)):
+        art.load_tensor("run0.noise")
+    assert art.metadata["seed"] == 77  # the rest reads as usual
+    (remedy,) = set(re.findall(r"ATEN_CPU_CAPABILITY=(\w+)", expected))
+    assert _python(LOAD_AT_LEVEL, compact, raw, ATEN_CPU_CAPABILITY=remedy).strip() == "EQUAL"
 
 
 def test_a_recipe_asking_for_more_than_the_limit_is_refused(tmp_path):
@@ -233,6 +314,9 @@ HOSTILE = [
     ({"generators": [{"seed": 1}, {"seed": 2}]}, {}),
     ({"sha256": "0" * 63}, {}),
     ({"torch": 2}, {}),
+    ({"cpu_capability": 5}, {}),
+    ({"cpu_capability": "AVX2; rm"}, {}),
+    ({"cpu_capability": "A" * 41}, {}),
     ({"how": "other"}, {}),
     ({}, {"dtype": "int64"}),
     ({}, {"shape": []}),
