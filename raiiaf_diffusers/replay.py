@@ -119,9 +119,10 @@ class ReplayResult:
 
     @property
     def unexplained(self) -> bool:
-        """Not bit-exact, and no recorded difference (environment, models, arguments) accounts for it."""
+        """Not bit-exact, and no recorded difference (environment, models, arguments) accounts for it. A draw that
+        differs from the tape is what differed, not why: alone it explains nothing."""
         return (not self.bit_exact and not self.drift.explains_a_difference and not self.remedies
-                and not self.record_problems and not self.tape_mismatch and not self.notes)
+                and not self.record_problems and not self.notes)
 
     def report(self) -> str:
         lines = [self.verdict]

@@ -1,8 +1,8 @@
 """Replay recreates the capture's thread count (and the other settable torch settings) for its call, and names
 what it cannot set with a remedy that works: the CPU kernel level (ATEN_CPU_CAPABILITY).
 
-One process makes the file under ATEN_CPU_CAPABILITY=avx2 with 2 threads; this process (torch's own kernel
-level) replays it and must name the CPU capability and the remedy; one fresh process follows the remedy with 1
+One process makes the file one kernel level below this CPU's own (ATEN_CPU_CAPABILITY=avx2 on an AVX-512 CPU,
+=default on an AVX2 one) with 2 threads; this process (torch's own kernel level) replays it and must name the CPU capability and the remedy; one fresh process follows the remedy with 1
 thread and replays twice: by default (threads recreated: bit-exact) and with recreate=False (NOT bit-exact).
 Tiny SD, Euler ancestral, 6 steps, 64x64.
 """
@@ -20,6 +20,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from raiiaf_diffusers import RaiiafCapture, replay, tiny  # noqa: E402
+
+from conftest import LOWER_CPU_LEVEL  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,55 +58,60 @@ def _python(code: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     return proc
 
 
+OWN = torch.backends.cpu.get_cpu_capability()
+LOWER = LOWER_CPU_LEVEL
+MADE_AT = LOWER.get(OWN, "").upper()  # what torch reports running at the level the file is made at
+
+
 @pytest.fixture(scope="module")
-def avx2_file(tmp_path_factory):
-    if torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2"):
-        pytest.skip("this CPU runs torch's AVX2 kernels or lower: no lower kernel level to make the file with")
-    path = tmp_path_factory.mktemp("conditions") / "avx2.raiiaf"
-    _python(CAPTURE, str(path), ATEN_CPU_CAPABILITY="avx2")
+def lower_file(tmp_path_factory):
+    if OWN not in LOWER:
+        pytest.skip(f"this CPU runs torch's {OWN} kernels: no lower kernel level to make the file with")
+    path = tmp_path_factory.mktemp("conditions") / "lower.raiiaf"
+    _python(CAPTURE, str(path), ATEN_CPU_CAPABILITY=LOWER[OWN])
     return path
 
 
 @pytest.fixture(scope="module")
-def here(avx2_file):
+def here(lower_file):
     """The replay in this process, at torch's own kernel level."""
-    return replay(tiny.build("sd"), avx2_file)
+    return replay(tiny.build("sd"), lower_file)
 
 
 @pytest.fixture(scope="module")
-def followed(avx2_file, here):
+def followed(lower_file, here):
     """A fresh process started as the report's remedy says, at 1 thread: replay by default, then recreate=False."""
     (value,) = set(re.findall(r"ATEN_CPU_CAPABILITY=(\w+)", here.report()))
-    proc = _python(REPLAY_AT_ONE_THREAD, str(avx2_file), ATEN_CPU_CAPABILITY=value)
+    proc = _python(REPLAY_AT_ONE_THREAD, str(lower_file), ATEN_CPU_CAPABILITY=value)
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
-def test_the_file_records_the_cpu_kernel_level_and_build(avx2_file):
+def test_the_file_records_the_cpu_kernel_level_and_build(lower_file):
     import raiiaf_core as rc
 
-    environment = rc.open(avx2_file).environment
-    assert environment["torch"]["cpu_capability"] == "AVX2"
-    assert environment["env_vars"]["ATEN_CPU_CAPABILITY"] == "avx2"
+    environment = rc.open(lower_file).environment
+    assert environment["torch"]["cpu_capability"] == MADE_AT
+    assert environment["env_vars"]["ATEN_CPU_CAPABILITY"] == LOWER[OWN]
     assert environment["torch"]["num_threads"] == 2
     assert environment["torch"]["blas_info"] and "mkldnn_available" in environment["torch"]
     assert set(environment["sdpa"]) >= {"flash", "mem_efficient", "math"}
-    unet = rc.open(avx2_file).metadata["host"]["diffusers"]["components"]["unet"]
+    unet = rc.open(lower_file).metadata["host"]["diffusers"]["components"]["unet"]
     assert unet["attn_processors"] == {"AttnProcessor2_0": 12} and unet["dtype"] == "float32"
 
 
 def test_another_cpu_kernel_level_is_named_with_its_remedy(here):
-    assert not here.bit_exact  # AVX2 and AVX512 kernels round differently
+    assert not here.bit_exact  # kernels of two levels round differently
     report = here.report()
-    assert "torch.cpu_capability: 'AVX2' -> 'AVX512'" in report
-    assert ("remedy: the file was made with AVX2 kernels; this process uses AVX512: rerun with "
-            "ATEN_CPU_CAPABILITY=avx2") in report
+    assert f"torch.cpu_capability: '{MADE_AT}' -> '{OWN}'" in report
+    assert (f"remedy: the file was made with {MADE_AT} kernels; this process uses {OWN}: rerun with "
+            f"ATEN_CPU_CAPABILITY={LOWER[OWN]}") in report
     assert "recreated for this call: torch.num_threads" not in report  # this process runs 2 threads too
     assert not here.unexplained
 
 
 def test_following_the_remedy_at_another_thread_count_is_bit_exact(followed):
     default, _ = followed
-    assert default["capability"] == "AVX2"
+    assert default["capability"] == MADE_AT
     assert default["bit_exact"], default["verdict"]
     assert default["image_max_abs_diff"] is None and default["latents_equal"] is True
     assert default["recreated"] == ["recreated for this call: torch.num_threads 1 -> 2"]
@@ -177,12 +184,12 @@ def test_settings_are_put_back_when_the_pipeline_raises(tmp_path):
             torch.backends.cuda.flash_sdp_enabled()) == before
 
 
-def test_a_difference_nothing_recorded_explains_is_said_plainly(avx2_file, tmp_path):
-    """The AVX2 file with this process's environment in place of its own: nothing recorded differs, yet the
+def test_a_difference_nothing_recorded_explains_is_said_plainly(lower_file, tmp_path):
+    """The lower-level file with this process's environment in place of its own: nothing recorded differs, yet the
     replay does; the report must say so instead of "identical"."""
     import raiiaf_core as rc
 
-    art = rc.open(avx2_file)
+    art = rc.open(lower_file)
     hidden = rc.write(tmp_path / "hidden.raiiaf", image=art.image_bytes(), metadata=art.metadata,
                       tensors={name: art.load_tensor(name, framework="torch") for name in art.tensor_names},
                       environment=rc.capture_environment())
