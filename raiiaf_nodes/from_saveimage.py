@@ -99,6 +99,12 @@ def contents(prompt: dict, workflow, width: int, height: int) -> Imported:
         return Imported(meta, {}, f"not rebuilt: {why}")
     note = (f"rebuilt from seed {run.seed} and latent size {run.latent_shape} by {NOISE_MAKER}, as ComfyUI's "
             "KSampler draws it (marked reconstructed)")
+    level = _cpu_level() if run.add_noise else None
+    if level is not None:
+        # The PNG's own machine may have drawn other noise from this seed: torch's float32 draw depends on it.
+        note += (f"; drawn at this machine's CPU kernel level, {level}: SaveImage does not record the machine that "
+                 "drew the original, and torch draws other noise from one seed at some levels (DEFAULT against "
+                 "AVX2 and AVX-512)")
     if run.latent_shape[0] != 1:
         note += (f"; the PNG is one image of a batch of {run.latent_shape[0]} and does not say which, so the noise "
                  "is the whole batch's")
@@ -116,6 +122,14 @@ def _noise(record: RunRecord):
     if not record.add_noise:
         return torch.zeros(record.latent_shape, dtype=torch.float32), None
     return reconstruct_noise(record.latent_shape, record.seed, None, torch.float32), None
+
+
+def _cpu_level():
+    import torch
+
+    from raiiaf_core.environment import cpu_capability
+
+    return cpu_capability(torch)
 
 
 def _settings(graph: Graph, sampler: str) -> RunRecord:

@@ -64,6 +64,8 @@ def test_a_saveimage_png_gets_the_run_raiiaf_save_writes_for_rebuilt_noise(tmp_p
     data = saveimage_png(tmp_path / "ComfyUI_00001_.png")
     result = rc.import_png(tmp_path / "ComfyUI_00001_.png", tmp_path / "imported.raiiaf")
     assert result.kind == "comfyui" and "noise rebuilt from seed 42 and latent size [1, 4, 2, 3]" in result.message
+    level = torch.backends.cpu.get_cpu_capability()
+    assert f"drawn at this machine's CPU kernel level, {level}: SaveImage does not record the machine" in result.message
     art = rc.open(tmp_path / "imported.raiiaf")
     art.verify()
     assert art.image_bytes() == data  # the PNG as it was, not re-encoded
