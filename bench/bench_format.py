@@ -444,14 +444,14 @@ def run_scan(config: Config, work: Path, v1: V1Library | None, v1_note: str) -> 
         # which goes first, as common.paired does. This machine's speed drifts within a second, so whole
         # passes back to back compared readers at different speeds; interleaved blocks put the drift on all.
         gc.collect()
-        passes = {name: [0.0, 0.0] for name in readers}
+        totals = {name: [0.0, 0.0] for name in readers}  # wall, CPU seconds of this pass
         for j, start in enumerate(range(0, n, SCAN_BLOCK)):
             for name in sorted(readers, reverse=bool((i + j) % 2)):
                 block = files[name][start:start + SCAN_BLOCK]
                 wall, cpu = measure(lambda: readers[name](block), collect=False)
-                passes[name][0] += wall
-                passes[name][1] += cpu
-        for name, seconds in passes.items():
+                totals[name][0] += wall
+                totals[name][1] += cpu
+        for name, seconds in totals.items():
             results.setdefault(name, ([], None))[0].append(tuple(seconds))
     for name, scan in readers.items():
         # Counted in a pass of its own so that reading /proc/self/io stays out of the timings.
@@ -463,6 +463,7 @@ def run_scan(config: Config, work: Path, v1: V1Library | None, v1_note: str) -> 
         try:
             answer = v1.call({"op": "scan", "paths": [str(p) for p in files[V1_SCAN]],
                               "repeats": config.scan_repeats})
+            # The worker times wall clock only; only the files/s column (wall clock) reads it.
             results[V1_SCAN] = ([(s, s) for s in answer["seconds"]], answer["bytes_read"])
         except V1Error as exc:
             results[V1_SCAN] = str(exc)

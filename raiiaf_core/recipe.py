@@ -174,11 +174,12 @@ def _why_it_differs(recipe: NoiseRecipe, version: str, level: str | None) -> str
     causes = []
     if version != recipe.torch_version:
         causes.append("this torch draws differently: load it with that version")
-    if recipe.cpu_capability is not None and level is not None and recipe.cpu_capability != level:
+    levels_known = recipe.cpu_capability is not None and level is not None
+    if levels_known and recipe.cpu_capability != level:
         causes.append("torch can draw differently at another CPU kernel level: load it in a process started with "
                       f"ATEN_CPU_CAPABILITY={recipe.cpu_capability.lower()}, where this CPU runs that level")
     if not causes:
-        if recipe.cpu_capability is not None and recipe.cpu_capability == level:
+        if levels_known:
             return f"{made}, {here} (the same torch and kernel level: the recipe or its generator state was altered)"
         causes.append("the same torch, but which CPU kernel level drew it is not known, and torch draws differently "
                       "at some levels: the file may come from another kind of CPU, or the recipe or its generator "
